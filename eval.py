@@ -1,0 +1,309 @@
+"""
+eval.py: the main job. Runs the memory agent (or a baseline) on the fixed seeds, writes a
+trace per episode, and prints the results table (progression mean ± s.e. per env and task,
+memory-behaviour metrics, cost per step).
+
+    python eval.py --env crafter --quick                 # smoke run: embedded model, CPU, minutes
+    python eval.py --env all                             # the paper's protocol (seeds.txt)
+    python eval.py --env minihack --agent cot            # a baseline of the paper's table
+    python eval.py --env crafter --scaffold scaffolds/crafter/v3
+    python eval.py --env nethack --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-32B-Instruct --workers 8
+    python eval.py --env crafter --backend transformers --model Qwen/Qwen2.5-32B-Instruct --load-4bit
+    python eval.py --env minihack --quick --memory-adapter adapters/minihack   # two-model split (loop 2)
+
+Everything lands in runs/<run-name>/: config.json (all that reproduces the run), traces/
+(one JSONL per episode, flushed every step), results.json and results.md. Re-running the
+same command resumes: finished episodes are kept, an interrupted one restarts.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+import automem
+import envs
+import llm
+import metrics
+
+ROOT = Path(__file__).resolve().parent
+QUICK = {"episodes": 1, "max_steps": 6, "log_turns": 2, "plan_turns": 2, "max_tokens": 96}
+SERVER_BACKENDS = {"openai"}  # these batch on the server: parallel episodes run as threads
+PACKAGES = ("balrog-nle", "gym", "minihack", "crafter", "llama_cpp_python", "transformers", "peft",
+            "torch", "openai", "numpy")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default=None, help="crafter, minihack, nethack or all (default: the scaffold's env)")
+    p.add_argument("--task", action="append", help="only these task ids (repeatable)")
+    p.add_argument("--agent", default="memory", choices=["memory", "window", "cot"])
+    p.add_argument("--scaffold", help="scaffold directory (default scaffolds/<env>/v0)")
+    p.add_argument("--backend", default="llamacpp", choices=sorted(llm.BACKENDS))
+    p.add_argument("--model", help="GGUF path, hub id / local dir, or server model name (default: embedded SmolLM2)")
+    p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--load-4bit", action="store_true", help="transformers: bitsandbytes nf4 (CUDA)")
+    p.add_argument("--memory-model", help="two-model split: model for LOG and memory consultation")
+    p.add_argument("--memory-adapter", help="two-model split: LoRA adapter (path, or model name on a vLLM server)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (paper: 1.0; 0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (every call's seed derives from it)")
+    p.add_argument("--episodes", type=int, help="episodes per task (default: all seeds in --seeds)")
+    p.add_argument("--max-steps", type=int, help="steps per episode (default: the env's protocol limit)")
+    p.add_argument("--log-turns", type=int, help="override the scaffold's LOG calls per step")
+    p.add_argument("--plan-turns", type=int, help="override the scaffold's PLAN calls per step")
+    p.add_argument("--max-tokens", type=int, help="override the scaffold's new tokens per call")
+    p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context length")
+    p.add_argument("--seeds", default=str(ROOT / "seeds.txt"))
+    p.add_argument("--workers", type=int, default=1, help="episodes in parallel (threads for servers, else processes)")
+    p.add_argument("--run-name", help="runs/<run-name> (default: derived from env, agent, scaffold, model)")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    p.add_argument("--boxoban-dir", help="Boxoban levels (or AUTOMEM_BOXOBAN_DIR); without it the 2 Boxoban tasks are skipped")
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    return p.parse_args(argv)
+
+
+def read_seeds(path):
+    """seeds.txt: lines 'env: 42 43 ...'; '#' starts a comment."""
+    seeds = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        env, sep, rest = line.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            seeds[env.strip()] = [int(s) for s in rest.split()]
+        except ValueError:
+            raise ValueError(f"{path} line {n}: expected 'env: 42 43 ...', got {line!r}") from None
+    return seeds
+
+
+def make_config(args):
+    """Resolve the arguments into the config that reproduces the run (written to config.json)."""
+    scaffold_env = automem.load_scaffold(args.scaffold)["env"] if args.scaffold else None
+    env = args.env or scaffold_env or "crafter"
+    env_names = list(envs.ENVS) if env == "all" else [env]
+    for name in env_names:
+        if name not in envs.ENVS:
+            raise ValueError(f"unknown env {name!r}: choose one of {', '.join(envs.ENVS)} or all")
+    if args.scaffold and (len(env_names) > 1 or scaffold_env != env_names[0]):
+        raise ValueError(f"scaffold {args.scaffold} is for {scaffold_env}; pass --env {scaffold_env}")
+    seeds_file = read_seeds(args.seeds)
+    quick = QUICK if args.quick else {}
+    jobs, scaffolds = [], {}
+    for name in env_names:
+        if name not in seeds_file:
+            raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
+        scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0")
+        scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"], "hash": scaffold["hash"]}
+        seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]
+        tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
+        if args.task:
+            known = envs.MINIHACK_TASKS if name == "minihack" else tasks  # Boxoban asked for by name needs its levels
+            unknown = [t for t in args.task if t not in known]
+            if unknown or len(env_names) > 1:
+                raise ValueError(f"--task {' '.join(unknown or args.task)}: pick one --env and tasks from {', '.join(known)}")
+            tasks = [t for t in known if t in args.task]
+        jobs += [{"env": name, "task": t, "episode": i, "seed": s} for t in tasks for i, s in enumerate(seeds)]
+    limits = {k: v for k, v in {"log_turns": args.log_turns or quick.get("log_turns"),
+                                "plan_turns": args.plan_turns or quick.get("plan_turns"),
+                                "max_tokens": args.max_tokens or quick.get("max_tokens")}.items() if v}
+    model = args.model or (str(llm.DEFAULT_MODEL) if args.backend in ("llamacpp", "transformers") else None)
+    if model is None:
+        raise ValueError(f"--backend {args.backend} needs --model")
+    tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])
+                   + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model else [])
+                   + (["quick"] if args.quick else []))
+    return {
+        "run_name": args.run_name or tag,
+        "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits,
+        "max_steps": args.max_steps or quick.get("max_steps"),
+        "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
+                    "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx},
+        "memory_model": args.memory_model, "memory_adapter": args.memory_adapter,
+        "boxoban_dir": args.boxoban_dir, "seeds_file": args.seeds, "jobs": jobs, "workers": args.workers,
+    }
+
+
+def load_backend(spec):
+    options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v not in (None, False)}
+    if spec["backend"] != "llamacpp":
+        options.pop("n_ctx", None)
+    if spec["backend"] != "openai":
+        options.pop("base_url", None)
+    if spec["backend"] != "transformers":
+        options.pop("load_4bit", None)
+    return llm.load(spec["backend"], spec["model"], **options)
+
+
+WORKER = {}  # per-process (or shared, for threads) backends, loaded once
+
+
+def load_models(config):
+    if "llm" not in WORKER:
+        spec = config["backend"]
+        adapter = config["memory_adapter"]
+        WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
+        if config["memory_model"] or (adapter and spec["backend"] == "llamacpp"):
+            WORKER["memory_llm"] = load_backend({**spec, "model": config["memory_model"] or spec["model"],
+                                                 **({"lora_path": adapter} if adapter and spec["backend"] == "llamacpp" else {})})
+    adapter = config["memory_adapter"]
+    memory_adapter = {"transformers": "memory", "openai": adapter}.get(config["backend"]["backend"]) if adapter else None
+    return WORKER["llm"], WORKER.get("memory_llm"), memory_adapter
+
+
+def trace_path(run_dir, job):
+    return Path(run_dir) / "traces" / job["env"] / f"{job['task']}__{job['episode']:02d}.jsonl"
+
+
+def run_job(config, run_dir, job):
+    """One episode in this worker; returns (job, end record)."""
+    base, memory_llm, memory_adapter = load_models(config)
+    scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"])
+    scaffold["limits"].update(config["limits"])
+    game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"])
+    name = f"{job['task']}__{job['episode']:02d}"
+    agent = automem.Agent(scaffold, base, game, Path(run_dir) / "memory" / job["env"] / name, kind=config["agent"],
+                          memory_llm=memory_llm, memory_adapter=memory_adapter,
+                          seed=hash_seed(config["backend"]["seed"], job))
+    try:
+        end = automem.run_episode(agent, game, job["seed"], trace_path(run_dir, job),
+                                  header={"episode": job["episode"], "run": config["run_name"]})
+    finally:
+        game.close()
+    return job, end
+
+
+def hash_seed(base, job):
+    """The episode's sampling seed: fixed by the run's --seed and the episode, whatever the worker order."""
+    key = f"{base}/{job['env']}/{job['task']}/{job['seed']}".encode()
+    return int(hashlib.sha256(key).hexdigest()[:8], 16)
+
+
+def package_versions():
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def summarize(config, run_dir):
+    """Read every finished trace of the run; write results.json and results.md; return the markdown."""
+    by_env = {}
+    for job in config["jobs"]:
+        path = trace_path(run_dir, job)
+        if path.is_file():
+            by_env.setdefault(job["env"], []).append(automem.read_trace(path))
+    results = {"run": config["run_name"], "agent": config["agent"], "model": config["backend"]["model"], "envs": {}}
+    for env, episodes in by_env.items():
+        tasks = {}
+        for ep in episodes:
+            tasks.setdefault(ep[0]["task"], []).append(ep[2]["progression"])
+        expected = sum(j["env"] == env for j in config["jobs"])
+        results["envs"][env] = {
+            "progression": metrics.progression_stats([ep[2]["progression"] for ep in episodes]),
+            "tasks": {t: metrics.progression_stats(v) for t, v in tasks.items()},
+            "episodes": len(episodes), "expected_episodes": expected,
+            "success_rule_disagreements": sum(ep[2].get("success") != ep[2].get("success_balrog")
+                                              for ep in episodes if ep[2].get("success") is not None),
+            "steps": sum(ep[2]["steps"] for ep in episodes),
+            "behaviour": metrics.behaviour(episodes),
+        }
+    (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2))
+    md = results_markdown(results)
+    (Path(run_dir) / "results.md").write_text(md)
+    return md
+
+
+def results_markdown(results):
+    lines = [f"# {results['run']}", "", f"agent: {results['agent']}, model: {results['model']}", "",
+             "| env | task | progression % | episodes |", "| --- | --- | --- | --- |"]
+    for env, r in results["envs"].items():
+        p = r["progression"]
+        done = f"{r['episodes']}/{r['expected_episodes']}"
+        lines.append(f"| **{env}** | all | **{p['mean']:.2f} ± {p['se']:.2f}** | {done} |")
+        if len(r["tasks"]) > 1:
+            lines += [f"| | {t} | {s['mean']:.2f} ± {s['se']:.2f} | {s['n']} |" for t, s in r["tasks"].items()]
+    names = list(next(iter(results["envs"].values()))["behaviour"]) if results["envs"] else []
+    lines += ["", "| metric | " + " | ".join(results["envs"]) + " |", "| --- |" + " --- |" * len(results["envs"])]
+    lines += [f"| {m} | " + " | ".join(f"{r['behaviour'][m]:.3f}" for r in results["envs"].values()) + " |" for m in names]
+    for env, r in results["envs"].items():
+        if r["success_rule_disagreements"]:
+            lines.append(f"\n{env}: {r['success_rule_disagreements']} episode(s) where BALROG's last-reward rule "
+                         f"disagrees with the end status (we count the end status).")
+    return "\n".join(lines) + "\n"
+
+
+def prepare_run_dir(config, runs_dir):
+    """Create runs/<name>/ or check that an existing one holds the same run (then resume)."""
+    run_dir = Path(runs_dir) / config["run_name"]
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        old = json.loads(config_path.read_text())
+        same = {k: old.get(k) for k in config if k not in ("workers", "command", "packages", "started")}
+        if same != {k: v for k, v in config.items() if k in same}:
+            raise ValueError(f"{run_dir} holds a different run (its config.json differs); "
+                             f"pass another --run-name or delete that folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("traces/*/*.part"):  # episodes a killed run left half-done restart from scratch
+        stale.unlink()
+    config_path.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
+                                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    return run_dir
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        config = make_config(args)
+        run_dir = prepare_run_dir(config, args.runs_dir)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    todo = [j for j in config["jobs"] if not trace_path(run_dir, j).is_file()]
+    print(f"run {run_dir}: {len(config['jobs'])} episodes, {len(config['jobs']) - len(todo)} already done")
+    failed = []
+    server = config["backend"]["backend"] in SERVER_BACKENDS
+    if todo:
+        try:
+            load_models(config) if (config["workers"] == 1 or server) else None
+        except (ValueError, FileNotFoundError, llm.BackendError) as e:
+            sys.exit(f"error: {e}")
+    bar = tqdm(total=len(todo), unit="episode", disable=not todo)
+    if config["workers"] == 1:
+        for job in todo:
+            try:
+                _, end = run_job(config, run_dir, job)
+                bar.set_postfix(progression=f"{end['progression']:.2f}", steps=end["steps"])
+            except llm.BackendError as e:  # recorded; the episode re-runs on resume
+                failed.append({**job, "error": str(e)})
+            bar.update()
+    else:
+        pool = (ThreadPoolExecutor if server else ProcessPoolExecutor)(config["workers"])
+        with pool:
+            futures = {pool.submit(run_job, config, run_dir, j): j for j in todo}
+            for fut in as_completed(futures):
+                try:
+                    fut.result()
+                except llm.BackendError as e:
+                    failed.append({**futures[fut], "error": str(e)})
+                bar.update()
+    bar.close()
+    print(summarize(config, run_dir))
+    if failed:
+        (run_dir / "failed.json").write_text(json.dumps(failed, indent=2))
+        sys.exit(f"error: {len(failed)} episode(s) failed (see {run_dir / 'failed.json'}); re-run the same command to retry them")
+
+
+if __name__ == "__main__":
+    main()
