@@ -1,0 +1,94 @@
+"""eval.py end to end on the real envs with the scripted backend: files written, results, resume,
+clear errors for bad input."""
+import json
+
+import pytest
+
+import eval as evaluation
+import llm
+
+VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
+
+
+def scripted(env, calls):
+    def reply(messages):
+        calls.append(messages[-1]["content"])
+        if "PLAN phase" in messages[-1]["content"]:
+            return f"<|SEARCH|>strategy.txt|x<|END|> <|ACTION|>{VALID[env]}<|END|>"
+        return "<|APPEND|>actions_log.txt|moved<|END|> <|DONE|>"
+    return llm.load("scripted", replies=reply)
+
+
+def run(tmp_path, env, calls, *extra):
+    evaluation.WORKER.clear()
+    evaluation.WORKER["llm"] = scripted(env, calls)  # the real scripted backend stands in for the model
+    evaluation.main(["--env", env, "--max-steps", "3", "--episodes", "2", "--runs-dir", str(tmp_path),
+                     "--run-name", "r", *extra])
+    return tmp_path / "r"
+
+
+@pytest.mark.parametrize("env,task", [("crafter", None), ("minihack", "MiniHack-MazeWalk-9x9-v0"),
+                                      ("nethack", None)])
+def test_eval_end_to_end(tmp_path, env, task):
+    calls = []
+    run_dir = run(tmp_path, env, calls, *(["--task", task] if task else []))
+    traces = sorted((run_dir / "traces" / env).glob("*.jsonl"))
+    assert len(traces) == 2
+    config = json.loads((run_dir / "config.json").read_text())
+    assert [j["seed"] for j in config["jobs"]] == [42, 43] and config["scaffolds"][env]["hash"]
+    results = json.loads((run_dir / "results.json").read_text())[ "envs"][env]
+    assert results["episodes"] == 2 and results["steps"] == 6
+    assert results["behaviour"]["invalid_action_rate"] == 0.0
+    assert results["behaviour"]["empty_search_rate"] == 1.0  # every search hit an empty strategy.txt
+    assert results["behaviour"]["log_writes_per_search"] is None  # LOG wrote, never searched: undefined
+    assert "progression %" in (run_dir / "results.md").read_text()
+
+
+def test_resume_skips_finished_and_restarts_interrupted(tmp_path):
+    calls = []
+    run_dir = run(tmp_path, "crafter", calls)
+    first = len(calls)
+    run(tmp_path, "crafter", calls)
+    assert len(calls) == first  # nothing redone
+    trace = run_dir / "traces" / "crafter" / "default__01.jsonl"
+    trace.rename(trace.with_suffix(".part"))  # as a killed run leaves it
+    run(tmp_path, "crafter", calls)
+    assert len(calls) == first + first // 2 and trace.is_file() and not trace.with_suffix(".part").exists()
+
+
+def test_same_seeds_same_numbers(tmp_path):
+    a = run(tmp_path / "a", "crafter", [])
+    b = run(tmp_path / "b", "crafter", [])
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if "seconds" not in k}
+                       for l in p.read_text().splitlines()[1:-1]]
+    for t in ("default__00.jsonl", "default__01.jsonl"):
+        steps_a, steps_b = strip(a / "traces" / "crafter" / t), strip(b / "traces" / "crafter" / t)
+        assert [s["observation"] for s in steps_a] == [s["observation"] for s in steps_b]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--env", "atari"], "unknown env 'atari'"),
+    (["--env", "minihack", "--task", "MiniHack-Nope-v0"], "--task MiniHack-Nope-v0"),
+    (["--env", "minihack", "--scaffold", "scaffolds/crafter/v0"], "pass --env crafter"),
+    (["--scaffold", "no/such/dir"], "no scaffold at"),
+    (["--backend", "openai"], "needs --model"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(argv + ["--runs-dir", str(tmp_path)])
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_seeds_file(tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("crafter: 42 43\nminihack 42\n")
+    with pytest.raises(SystemExit, match="line 2"):
+        evaluation.main(["--seeds", str(seeds), "--runs-dir", str(tmp_path)])
+
+
+def test_changed_config_does_not_clobber_a_run(tmp_path):
+    run_dir = run(tmp_path, "crafter", [])
+    before = (run_dir / "results.json").read_text()
+    with pytest.raises(SystemExit, match="holds a different run"):
+        evaluation.main(["--env", "crafter", "--max-steps", "5", "--runs-dir", str(tmp_path), "--run-name", "r"])
+    assert (run_dir / "results.json").read_text() == before
