@@ -1,0 +1,247 @@
+"""envs.py on the real games: texts, action lists, invalid actions, progression, seeds, Boxoban levels."""
+
+import json
+import random
+import re
+from pathlib import Path
+
+import crafter
+import pytest
+
+import envs
+
+NLE_SECTIONS = ("message:\n", "\n\nlanguage observation:\n", "\n\ncursor:\n", "\n\nmap:\n")
+
+
+def play(game, seed, actions):
+    """Texts of one episode: the reset observation, then one per action (stops when the episode ends)."""
+    obs = game.reset(seed)
+    texts = [obs.text]
+    for action in actions:
+        obs, _, done, _ = game.step(action)
+        texts.append(obs.text)
+        if done:
+            break
+    return texts
+
+
+def random_actions(names, n, seed=0):
+    rng = random.Random(seed)
+    return [rng.choice(names) for _ in range(n)]
+
+
+def walk_to_stairs(game, seed):
+    """Script a MiniHack episode from Observation.state: step towards '>' until the episode ends."""
+    obs, info, done = game.reset(seed), None, False
+    while not done:
+        b = obs.state["blstats"]
+        y, x = next((r, row.index(">")) for r, row in enumerate(obs.state["map"]) if ">" in row)
+        dy, dx = (y > b["y"]) - (y < b["y"]), (x > b["x"]) - (x < b["x"])
+        name = {-1: "north", 0: "", 1: "south"}[dy] + {-1: "west", 0: "", 1: "east"}[dx]
+        obs, reward, done, info = game.step(name)
+    return reward, info
+
+
+# ----------------------------------------------------------------------------- Crafter
+def test_crafter_actions_and_ids():
+    game = envs.make("crafter")
+    assert game.actions == ["Noop", "Move West", "Move East", "Move North", "Move South", "Do", "Sleep",
+                            "Place Stone", "Place Table", "Place Furnace", "Place Plant", "Make Wood Pickaxe",
+                            "Make Stone Pickaxe", "Make Iron Pickaxe", "Make Wood Sword", "Make Stone Sword",
+                            "Make Iron Sword"]
+    assert game.default_action == "Noop" and game.max_steps == 2000 and envs.tasks("crafter") == ["default"]
+    env = crafter.Env()
+    ids = {str(k): v for k, v in env._world._mat_ids.items()}
+    ids.update({cls.__name__.lower(): v for cls, v in env._sem_view._obj_ids.items()})
+    assert [envs.CRAFTER_IDS.index(name) for name in ids] == list(ids.values())
+    assert all(name in game.instruction for name in game.actions) and "Goal:" in game.instruction
+
+
+def test_crafter_text_structure_and_determinism():
+    game = envs.make("crafter")
+    obs = game.reset(42)
+    assert obs.text == obs.short + "\n" + obs.long and obs.feedback == ""
+    assert obs.short.startswith("Your status:\n- health: 9/9\n- food: 9/9\n- drink: 9/9\n- energy: 9/9\n\n")
+    assert obs.short.endswith("You have nothing in your inventory.")
+    lines = obs.long.split("\n")
+    assert lines[0] == "You see:" and lines[-2] == "" and re.fullmatch(r"You face \w+ at your front\.", lines[-1])
+    for line in lines[1:-2]:
+        assert re.fullmatch(r"- \w+ \d+ steps? to your (north|south|west|east|(north|south)-(west|east))", line), line
+    assert obs.state["pos"] == [32, 32] and obs.state["achievements"] == [] and obs.state["status"]["health"] == 9
+    assert game.frame().shape == (256, 256, 3) and game.frame().dtype.name == "uint8"
+    # Two fresh worlds from one seed play the same game (crafter's own per-chunk creature sets iterate in
+    # memory-address order, so without envs.py's ordered stand-in this fails).
+    actions = random_actions(envs.CRAFTER_ACTIONS[:6] + ["Do", "Do", "Place Stone", "Place Table"], 250, seed=1)
+    assert play(envs.make("crafter"), 43, actions) == play(envs.make("crafter"), 43, actions)
+
+
+def test_crafter_invalid_action_feedback_and_limit():
+    game = envs.make("crafter", max_steps=3)
+    game.reset(42)
+    obs, _, done, info = game.step("move west")  # BALROG's names are case-sensitive
+    assert (info["valid"], info["executed"], done) == (False, "Noop", False)
+    assert obs.text.startswith(obs.feedback + "\n\n") and "no valid action" in obs.feedback and "'Noop'" in obs.feedback
+    obs, _, _, info = game.step("Move West")
+    assert info["valid"] and obs.feedback == "" and obs.text.startswith("Your status:")
+    _, _, done, info = game.step("Noop")
+    assert done and info["end_reason"] == "max_steps"
+    with pytest.raises(ValueError, match="reset"):
+        game.step("Noop")
+
+
+def test_crafter_progression():
+    names = crafter.constants.achievements
+    assert len(names) == 22
+    assert envs.crafter_progression({name: 0 for name in names}) == 0
+    unlocked = {name: (3 if i < 5 else 0) for i, name in enumerate(names)}
+    assert envs.crafter_progression(unlocked) == pytest.approx(5 / 22)
+    assert envs.crafter_progression({name: 1 for name in names}) == 1.0
+
+
+# ----------------------------------------------------------------------------- MiniHack
+def test_minihack_action_lists():
+    dirs = ["north", "east", "south", "west", "northeast", "southeast", "southwest", "northwest"]
+    assert envs.make("minihack", "MiniHack-MazeWalk-9x9-v0").actions == dirs
+    assert envs.make("minihack", "MiniHack-CorridorBattle-Dark-v0").actions == dirs
+    assert envs.make("minihack", "MiniHack-Corridor-R3-v0").actions == dirs + ["open", "kick", "search"]
+    quest = envs.make("minihack", "MiniHack-Quest-Easy-v0")
+    assert len(quest.actions) == 32 and "up" not in quest.actions and "far east" in quest.actions
+    assert all(f"- {name}: " in quest.instruction for name in quest.actions) and "stairs down" in quest.instruction
+
+
+def test_minihack_text_structure_and_determinism():
+    game = envs.make("minihack", "MiniHack-MazeWalk-9x9-v0")
+    assert (game.default_action, game.max_steps) == ("north", 100)
+    obs = game.reset(42)
+    assert obs.short.startswith("inventory:\n") and obs.text == obs.short + "\n" + obs.long
+    positions = [obs.long.index(section) for section in NLE_SECTIONS]
+    assert positions == sorted(positions) and positions[0] == 0
+    glyph_lines = obs.long.split("language observation:\n")[1].split("\n\ncursor:")[0].split("\n")
+    assert any(re.fullmatch(r"dark area (adjacent|very near|near|far|very far) [a-z, ]+", line) for line in glyph_lines)
+    assert re.search(r"\ncursor:\nYourself a \w+\n\(x=\d+, y=\d+\)\n", obs.long)
+    map_lines = obs.long.split("\n\nmap:\n")[1].split("\n")
+    assert len(map_lines) == 25 and map_lines[-2:] == ["", ""] and "Dlvl:1" in map_lines[22]
+    b = obs.state["blstats"]
+    assert obs.state["map"][b["y"]][b["x"]] == "@" and obs.state["cursor"] == (b["x"], b["y"] + 1)
+    assert len(game.frame()) == 24 and all(len(line) == 80 for line in game.frame())
+    actions = random_actions(game.actions, 40)
+    assert play(game, 42, actions) == play(envs.make("minihack", "MiniHack-MazeWalk-9x9-v0"), 42, actions)
+    assert play(game, 42, actions)[0] != play(game, 43, actions)[0]
+
+
+def test_minihack_invalid_action_runs_north():
+    game = envs.make("minihack", "MiniHack-MazeWalk-9x9-v0")
+    game.reset(42)
+    obs, _, _, info = game.step("wait")  # a real NetHack action, but not in MazeWalk's action set
+    assert (info["valid"], info["executed"]) == (False, "north")
+    assert obs.text.startswith(obs.feedback + "\n\ninventory:\n") and "'north'" in obs.feedback
+
+
+def test_minihack_real_success_episode():
+    game = envs.make("minihack", "MiniHack-Room-5x5-v0")  # a tiny task: walk to the stairs down
+    reward, info = walk_to_stairs(game, 42)
+    assert info["success"] and info["progression"] == 1.0 and info["end_reason"] == "TASK_SUCCESSFUL"
+    assert info["success_balrog"] == (reward >= 1.0)
+
+
+def test_minihack_success_rules():
+    status = envs.minihack.MiniHack.StepStatus
+    # A fast role's winning move that does not advance the clock pays the step penalty: BALROG scores it 0.
+    assert envs.minihack_success(status.TASK_SUCCESSFUL, 0.99) == (True, False)
+    assert envs.minihack_success(status.TASK_SUCCESSFUL, 1.0) == (True, True)
+    assert envs.minihack_success(status.RUNNING, -0.01) == (False, False)
+    assert envs.minihack_success(status.DEATH, 0.0) == (False, False)
+
+
+def test_boxoban_missing_levels(tmp_path, monkeypatch):
+    six = [t for t in envs.MINIHACK_TASKS if "Boxoban" not in t]
+    with pytest.raises(FileNotFoundError) as err:
+        envs.make("minihack", "MiniHack-Boxoban-Hard-v0", boxoban_dir=str(tmp_path))
+    for hint in ("github.com/deepmind/boxoban-levels", "boxoban-levels-master", "AUTOMEM_BOXOBAN_DIR", str(tmp_path)):
+        assert hint in str(err.value)
+    assert envs.tasks("minihack", boxoban_dir=str(tmp_path)) == six and len(six) == 6
+    monkeypatch.setenv("AUTOMEM_BOXOBAN_DIR", str(tmp_path))
+    assert envs.tasks("minihack") == six
+
+
+def test_boxoban_with_a_level_directory(tmp_path, monkeypatch):
+    # One hand-made level in DeepMind's file format: the boulder ($) is one push west of its target (.).
+    level = "; 0\n" + "##########\n" * 3 + "##   #####\n## .$@ ###\n##   #####\n" + "##########\n" * 4 + "\n"
+    for sub in ("medium/train", "hard"):
+        (tmp_path / "boxoban-levels-master" / sub).mkdir(parents=True)
+        (tmp_path / "boxoban-levels-master" / sub / "000.txt").write_text(level)
+    monkeypatch.setenv("AUTOMEM_BOXOBAN_DIR", str(tmp_path))
+    assert envs.tasks("minihack") == envs.MINIHACK_TASKS
+    game = envs.make("minihack", "MiniHack-Boxoban-Medium-v0")
+    assert game.actions == ["north", "east", "south", "west"] and "boulder" in game.instruction
+    assert "{`@" in game.reset(7).long
+    _, reward, done, info = game.step("west")
+    assert done and reward == 1.0 and info["success"] and info["success_balrog"]
+
+
+# ----------------------------------------------------------------------------- NetHack
+def test_nethack_actions():
+    game = envs.make("nethack")
+    assert len(game.actions) == 248 and len(set(game.actions)) == 248 and len(envs.NLE_NAMES) == 86
+    assert game.actions[:4] == ["north", "east", "south", "west"] and game.actions[-1] == "99"
+    assert {"esc", "far east", "search", "down", "space", "a", "Z", "0", "05"} <= set(game.actions)
+    assert game.default_action == "esc" and game.max_steps == 100_000
+    assert all(f"- {name}: " in game.instruction for name in envs.NLE_NAMES)
+
+
+def test_nethack_text_state_and_determinism():
+    game = envs.make("nethack")
+    obs = game.reset(42)
+    positions = [obs.long.index(section) for section in NLE_SECTIONS]
+    assert positions == sorted(positions) and re.search(r"\(x=\d+, y=\d+\)", obs.long)
+    assert re.search(r"\na: .+\n", obs.short)
+    assert re.search(r"Dlvl:1 \$:\d+ HP:\d+\(\d+\)", obs.long)
+    b = obs.state["blstats"]
+    assert (b["depth"], b["experience_level"], b["hunger"]) == (1, 1, "Not Hungry") and b["hitpoints"] > 0
+    assert obs.state["map"][b["y"]][b["x"]] == "@" and obs.state["message"] in obs.long
+    actions = random_actions(envs.NLE_NAMES[:16] + ["search", "esc", "i"], 60)
+    assert play(game, 42, actions) == play(envs.make("nethack"), 42, actions)
+
+
+def test_nethack_invalid_and_number_actions():
+    game = envs.make("nethack")
+    game.reset(42)
+    obs, _, _, info = game.step("North")
+    assert (info["valid"], info["executed"]) == (False, "esc") and "'esc'" in obs.feedback
+    turn = obs.state["blstats"]["time"]
+    obs, _, done, info = game.step("05")  # crashes BALROG's step; here it types "0" then "5" (a count)
+    assert info["valid"] and info["executed"] == "05" and not done
+    obs, _, done, info = game.step("search")  # the count applies: five searches in one step
+    assert info["valid"] and not done and obs.state["blstats"]["time"] == turn + 5
+
+
+def test_nethack_no_progress_timeout():
+    game = envs.make("nethack")
+    game.reset(42)
+    for step in range(1, 200):
+        _, _, done, info = game.step("esc")  # the game clock never moves
+        if done:
+            break
+    # the first step only records the clock; NLE aborts after 150 more steps without it moving
+    assert step == envs.NETHACK_NO_PROGRESS_TIMEOUT + 1 and info["end_reason"] == "ABORTED"
+
+
+def test_nethack_progression_table():
+    table = json.loads((Path(envs.__file__).parent / "data" / "nle_achievements.json").read_text())
+    assert envs.ACHIEVEMENTS == table and table["Dlvl:1"] == 0 and table["Xp:1"] == 0
+    assert envs.nethack_progression(1, 1) == 0
+    assert envs.nethack_progression(5, 1) == table["Dlvl:5"]
+    assert envs.nethack_progression(2, 8) == max(table["Dlvl:2"], table["Xp:8"]) == table["Xp:8"]
+    assert envs.nethack_progression(60, 40) == 0  # keys absent from the table count nothing, as in BALROG
+    # The episode value is the running maximum: going back up does not lower it.
+    visited = [(1, 1), (3, 2), (2, 4), (1, 4)]
+    assert max(envs.nethack_progression(d, x) for d, x in visited) == max(table["Dlvl:3"], table["Xp:4"])
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="crafter, minihack, nethack"):
+        envs.make("atari")
+    with pytest.raises(ValueError, match="MiniHack-MazeWalk-9x9-v0"):
+        envs.make("minihack", "MazeWalk")
+    with pytest.raises(ValueError, match="one task"):
+        envs.make("nethack", "NetHackScore-v0")
