@@ -263,11 +263,12 @@ class Agent:
         """BALROG-style naive agent over the last 16 messages, or chain-of-thought."""
         if prev_action is not None:  # naive: the raw reply; cot: the action (its plan is shown once, below)
             self.history.append({"role": "assistant", "content": self.last_reply if self.kind == "window" else prev_action})
-        self.history.append({"role": "user", "content": "Observation:\n" + obs.long})
+        long = (obs.feedback + "\n\n" if obs.feedback else "") + obs.long  # BALROG puts the invalid-action line here
+        self.history.append({"role": "user", "content": "Observation:\n" + long})
         window = [dict(m) for m in self.history[-WINDOW_MESSAGES:]]
         if self.kind == "cot" and prev_action is not None and len(window) > 1:
             window[-2]["content"] = "Previous plan:\n" + self.last_reply
-        window[-1]["content"] = f"Current Observation:\n{obs.short}\n{obs.long}\n\n" + BASELINE_ASK[self.kind]
+        window[-1]["content"] = f"Current Observation:\n{obs.short}\n{long}\n\n" + BASELINE_ASK[self.kind]
         messages = [{"role": "user", "content": self.game.instruction}] + window
         reply, call = chat(self.llm, messages, None, self.limits["max_tokens"], self.call_seed(step, self.kind, 0))
         call["messages"] = messages

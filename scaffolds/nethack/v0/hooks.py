@@ -3,5 +3,5 @@ from automem import nle_map_analysis
 
 
 def observe(ctx):
-    x, y = ctx.obs.state["cursor"]
-    return nle_map_analysis(ctx.obs.state["map"], x, y)
+    stats = ctx.obs.state["blstats"]  # map rows are the 21 dungeon rows: map[y][x] is '@'
+    return nle_map_analysis(ctx.obs.state["map"], stats["x"], stats["y"])
