@@ -32,6 +32,7 @@ import automem
 import envs
 import llm
 import metrics
+import report
 
 ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 6, "log_turns": 2, "plan_turns": 2, "max_tokens": 96}
@@ -237,7 +238,7 @@ def results_markdown(results):
             lines += [f"| | {t} | {s['mean']:.2f} ± {s['se']:.2f} | {s['n']} |" for t, s in r["tasks"].items()]
     names = list(next(iter(results["envs"].values()))["behaviour"]) if results["envs"] else []
     lines += ["", "| metric | " + " | ".join(results["envs"]) + " |", "| --- |" + " --- |" * len(results["envs"])]
-    lines += [f"| {m} | " + " | ".join(f"{r['behaviour'][m]:.3f}" for r in results["envs"].values()) + " |" for m in names]
+    lines += [f"| {m} | " + " | ".join(report.metric_text(r["behaviour"][m]) for r in results["envs"].values()) + " |" for m in names]
     for env, r in results["envs"].items():
         if r["success_rule_disagreements"]:
             lines.append(f"\n{env}: {r['success_rule_disagreements']} episode(s) where BALROG's last-reward rule "
@@ -300,6 +301,9 @@ def main(argv=None):
                 bar.update()
     bar.close()
     print(summarize(config, run_dir))
+    first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
+    if first:  # see what the agent did: python report.py replay <trace> for any other episode
+        print(f"replay of {first.relative_to(run_dir)}: {report.write_replay(first, run_dir / 'replay.html', frames=True)}")
     if failed:
         (run_dir / "failed.json").write_text(json.dumps(failed, indent=2))
         sys.exit(f"error: {len(failed)} episode(s) failed (see {run_dir / 'failed.json'}); re-run the same command to retry them")

@@ -3,10 +3,13 @@ metrics.py: progression and memory-behaviour metrics from episode traces, one fu
 
 Every function takes a list of episodes, each the (header, steps, end) triple that
 automem.read_trace returns, and pools over them (a ratio is total numerator / total
-denominator, so long episodes weigh by their steps). Definitions (also in the README):
+denominator, so long episodes weigh by their steps; with a zero denominator, e.g. no SEARCH
+at all, the metric is None, shown as n/a). Definitions (also in the README):
 
-  unproductive_rate   steps whose action left the observation unchanged (stuck) or
-                      returned it to one seen in the previous OSCILLATION_WINDOW steps
+  unproductive_rate   steps whose action left the game state unchanged (stuck) or returned
+                      it to one of the last OSCILLATION_WINDOW states (oscillating); the state
+                      is the observation text less the invalid-action feedback and NetHack's
+                      turn counter (T:N moves on every timed action, so no state would repeat)
   redundant_write_rate  memory writes whose content already stood in the file / all writes
   empty_search_rate   SEARCH ops that returned no line / all SEARCH ops
   log_writes_per_search  writes in LOG / SEARCH ops in LOG (paper: 0.84 -> 0.39 Crafter after loop 2)
@@ -15,9 +18,11 @@ denominator, so long episodes weigh by their steps). Definitions (also in the RE
   llm_calls_per_step, input_tokens_per_step, output_tokens_per_step, seconds_per_step
 """
 import math
+import re
 
 WRITE_OPS = {"APPEND", "WRITE", "CREATE", "UPSERT"}
 OSCILLATION_WINDOW = 8
+TURN_COUNTER = re.compile(r"\bT:\d+")  # NetHack's status line
 
 
 def progression_stats(values):
@@ -44,19 +49,29 @@ def op_results(steps, routine=None):
 
 
 def ratio(num, den):
-    return num / den if den else 0.0
+    return num / den if den else None  # undefined (no SEARCH, no write, no step), not a perfect 0
+
+
+def game_state(text, after_invalid):
+    """The observation as a game state: without the invalid-action feedback paragraph that opens
+    it after an invalid action, and without NetHack's turn counter."""
+    if after_invalid:
+        text = text.split("\n\n", 1)[-1]
+    return TURN_COUNTER.sub("T:", text)
 
 
 def unproductive_rate(episodes):
     bad = total = 0
     for _, steps, end in episodes:
-        seen = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
+        texts = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
+        seen = [None if text is None else game_state(text, t > 0 and not steps[t - 1]["valid"])
+                for t, text in enumerate(texts)]
         for t in range(len(steps)):
             after = seen[t + 1]
             if after is None:
                 continue
             total += 1
-            bad += after == seen[t] or after in seen[max(0, t - OSCILLATION_WINDOW):t]
+            bad += after in seen[max(0, t + 1 - OSCILLATION_WINDOW):t + 1]  # stuck (seen[t]) or back within k steps
     return ratio(bad, total)
 
 
