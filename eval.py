@@ -145,11 +145,15 @@ def load_backend(spec):
     return llm.load(spec["backend"], spec["model"], **options)
 
 
-WORKER = {}  # per-process (or shared, for threads) backends, loaded once
+WORKER = {}  # per-process (or shared, for threads) backends, loaded once per model setting
 
 
 def load_models(config):
+    key = json.dumps([config["backend"], config["memory_model"], config["memory_adapter"]])
+    if WORKER.get("key", key) != key:  # another eval.main in this process asked for other models
+        WORKER.clear()
     if "llm" not in WORKER:
+        WORKER["key"] = key
         spec = config["backend"]
         adapter = config["memory_adapter"]
         WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
