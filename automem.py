@@ -44,7 +44,8 @@ PLACEHOLDERS = {  # what each prompt template may use
 }
 HOOKS = ("observe", "before_log", "before_plan", "after_log", "check_action")
 LIMITS = {"log_turns": 10, "plan_turns": 10, "max_tokens": 4096, "search_max_lines": 1000,
-          "gate_retries": 2, "snapshot_every": 100}
+          "gate_retries": 2}
+OBS_REF = "\u27e6observation\u27e7"  # stands for the step's observation in stored messages (read_trace expands it)
 WINDOW_MESSAGES = 16  # sliding-window baseline: last 16 messages (BALROG's max_text_history)
 
 
@@ -171,6 +172,7 @@ class Agent:
             self.ctx = Context(step, obs, self.memory, self.game)
         ctx = self.ctx
         ctx.step, ctx.obs = step, obs
+        self.seen = obs.text
         record = {"hooks": {}}
         observation = obs.text
         extra = run_hook(hooks, "observe", record, ctx)
@@ -228,7 +230,9 @@ class Agent:
             reply, call = chat(llm, messages, adapter, self.limits["max_tokens"],
                                self.call_seed(step, name, attempt * 100 + turn))
             call["model"] = "memory" if use_memory else "base"
-            call["messages"] = messages[1:] if turn == 0 else messages[-1:]  # system prompt is in the header
+            # store only what this call added; the system prompt is in the header, the observation in the step
+            call["messages"] = ([{"role": "user", "content": user_text.replace(self.seen, OBS_REF, 1)}]
+                                if turn == 0 else messages[-1:])
             ops = memory_fs.parse_ops(reply, aliases)
             call["ops"] = [[op.name, op.args] for op in ops]
             results, stop = [], None
@@ -318,6 +322,9 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
                        "files": agent.scaffold["files"] if agent.kind == "memory" else {},
                        "actions": game.actions, "max_steps": max_steps, **(header or {})})
         prev_action, prev_valid, total_reward, info, step = None, True, 0.0, {}, 0
+        # A full memory snapshot once the writes since the last one add up to the memory's size: snapshots
+        # then cost no more than the writes they sum up, and any step rebuilds from one memory's worth of ops.
+        snapshot_budget, written = max(4096, len(json.dumps(agent.scaffold["files"]))), 0
         t_episode = time.time()
         for step in range(max_steps):
             t0 = time.time()
@@ -330,8 +337,10 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
                            "action": action, "valid": info["valid"], "executed": info["executed"],
                            "reward": reward, "done": done, "progression": info["progression"],
                            "seconds": round(time.time() - t0, 4), "agent_seconds": round(t_agent, 4)})
-            if agent.kind == "memory" and (step + 1) % agent.limits["snapshot_every"] == 0:
+            written += len(json.dumps(record["writes"])) if record["writes"] else 0
+            if agent.kind == "memory" and written >= snapshot_budget:
                 record["snapshot"] = agent.memory.snapshot()
+                snapshot_budget, written = max(4096, len(json.dumps(record["snapshot"]))), 0
             write_line(f, record)
             prev_action, prev_valid = action, info["valid"]
             if progress:
@@ -367,6 +376,10 @@ def read_trace(path):
             if kind == "episode":
                 header = rec
             elif kind == "step":
+                for routine in ("log", "plan"):
+                    for turn in (rec.get(routine) or {}).get("turns", []):
+                        for m in turn.get("messages", []):
+                            m["content"] = m["content"].replace(OBS_REF, rec["observation"] or "", 1)
                 steps.append(rec)
             elif kind == "end":
                 end = rec
