@@ -386,6 +386,16 @@ def read_trace(path):
     return header, steps, end
 
 
+def model_calls(header, step):
+    """(routine, turn record, the exact messages sent) for every model call of one trace step."""
+    for routine in ("log", "plan"):
+        chat = [{"role": "system", "content": header["system"]}] if header.get("system") else []
+        for turn in (step.get(routine) or {}).get("turns", []):
+            chat = chat + turn["messages"]
+            yield routine, turn, chat
+            chat = chat + [{"role": "assistant", "content": turn["reply"]}]
+
+
 # ----------------------------------------------------------------------------- hook helpers
 
 DIRECTIONS = {"north": (0, -1), "northeast": (1, -1), "east": (1, 0), "southeast": (1, 1),

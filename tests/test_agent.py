@@ -129,7 +129,7 @@ def test_sliding_window_keeps_16_messages(tmp_path):
 
 @pytest.mark.parametrize("edit,message", [
     (lambda y: y.replace("name: crafter-v0", "name: [unclosed"), "line "),
-    (lambda y: y.replace("LOG phase, step {step}.", "LOG phase {oops}."), "unknown placeholder"),
+    (lambda y: y.replace("Your previous action (step {step})", "Your previous action {oops}"), "unknown placeholder"),
     (lambda y: y.replace("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]"), "ACTION"),
     (lambda y: y.replace("  log: [READ,", "  log: [FLY, READ,"), "FLY"),
 ])
