@@ -1,0 +1,892 @@
+"""
+meta_loop.py: loop 1 of AutoMem. A meta-LLM revises the agent's scaffold (prompts, memory files,
+op vocabulary, hooks.py); each revision is validated, evaluated on the fixed seeds and kept as
+scaffolds/<env>/vN only if it beats the current scaffold.
+
+    python meta_loop.py --env minihack --iterations 2 --quick            # offline: embedded SmolLM2 as agent and meta-LLM
+    python meta_loop.py --env crafter --iterations 5 --meta-backend claude-cli --meta-model opus \\
+        --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-32B-Instruct --workers 8
+    python meta_loop.py --env crafter --meta-backend anthropic --meta-model claude-opus-4-1 ...   # needs `pip install anthropic`
+    python meta_loop.py --env crafter --meta-backend openai --meta-base-url http://host:8000/v1 --meta-model Qwen/Qwen2.5-72B-Instruct
+    python meta_loop.py --env crafter --scaffold scaffolds/crafter/v3 --iterations 3   # start from another version
+    python meta_loop.py --report [--env crafter]                         # version history and every candidate's verdict
+
+Flags that meta_loop.py does not know go to eval.py unchanged: the agent's --backend, --model,
+--base-url, --seeds, --episodes, --max-steps, --workers, --task, ... (--quick goes to both).
+
+One iteration:
+  1. the incumbent is evaluated with eval.py (once; eval.py resumes an interrupted run);
+  2. the meta-LLM gets, within --meta-budget characters: the rules of the scaffold format, the
+     incumbent's files, its results and memory-behaviour metrics, the earlier candidates and their
+     verdicts, and a digest of the traces (lowest progression first: stretches without a new game
+     state, invalid actions, fallbacks, actions sent back, empty searches, redundant writes, progress,
+     the final memory, one step verbatim; every line cites its step);
+  3. it answers with a rationale and whole files in fenced blocks, "```yaml scaffold.yaml" and
+     optionally "```python hooks.py" (left out: the incumbent's hooks.py is kept);
+  4. validation: automem.load_scaffold on scaffold.yaml alone, every prompt filled with every
+     placeholder, limits within the protocol's (automem.LIMITS); a static check of hooks.py; then
+     a subprocess sandbox imports hooks.py, runs every hook on observations rebuilt by replaying the
+     incumbent's recorded actions, and plays a short smoke episode with the scripted backend;
+  5. evaluation on the same seeds and settings; ACCEPTANCE RULE: the candidate replaces the
+     incumbent iff its mean progression > the incumbent's mean + --min-margin (default 0: strictly
+     higher, as the authors). An accepted candidate is copied to a temp folder in scaffolds/<env>/
+     and renamed to the next free vN (an existing version is never overwritten), with meta.json.
+Every candidate stays in <run>/candidates/iterK/ (prompt.txt, reply.txt, scaffold/, sandbox/,
+eval/, verdict.json). A rejected candidate costs one iteration; the loop goes on. Unlike the
+authors' loop (up to 3 attempts per iteration, nothing validated before evaluation), an
+iteration here is one candidate, and invalid ones never reach evaluation.
+
+Run directory runs/meta-<env>-<start>-<agent model>-<meta model>[-quick]/: config.json, state.json
+(incumbent, every finished iteration), evals/<start>/ (the first incumbent's eval.py run),
+candidates/iterK/. Re-running the same command continues: finished iterations are kept, the meta
+reply of an unfinished one is reused (reply.txt), its validation re-runs and its evaluation resumes.
+Errors that are not the candidate's (meta-LLM or agent model unreachable) stop the loop; re-run.
+
+Hook policy (what a revision's hooks.py may do):
+  - import only ALLOWED_IMPORTS; no calls to open/eval/exec/compile/getattr/... (BANNED_NAMES), no
+    attribute named like a module or a file/process API (BANNED_ATTRS), nothing starting with "_",
+    no assignment to an imported module's attributes, no .step/.reset/.close calls (the game is the
+    agent's): checked statically before anything runs. Files only through ctx.memory.
+  - in validation the hooks run only in a subprocess with cwd <candidate>/sandbox/work, under an
+    audit hook that refuses (and records) any file access outside sandbox/work and sandbox/scaffold
+    (a copy of the candidate), process spawning, sockets, ctypes, shutil and fresh imports; each call must return
+    within HOOK_SECONDS and must not advance the game; the process is killed after
+    --validate-timeout seconds, may print at most OUTPUT_CAP bytes, write files of at most FILE_CAP
+    bytes (RLIMIT_FSIZE) and use MEMORY_CAP bytes of address space.
+  - after validation the candidate is evaluated by eval.py, where hooks run in-process in the eval
+    workers: there the static check is the only guard. It is a strong filter, not a proof (Python
+    cannot be fully sandboxed in-process): review hooks.py of an accepted version before you trust it.
+"""
+import argparse
+import ast
+import importlib
+import itertools
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import automem
+import envs
+import eval as evaluation
+import llm
+import metrics
+
+ROOT = Path(__file__).resolve().parent
+META_BACKENDS = [b for b in llm.BACKENDS if b != "scripted"] + ["anthropic", "claude-cli"]
+META_BUDGET = 60_000       # characters of meta-LLM input (about 15k tokens)
+META_MAX_TOKENS = 8192     # tokens of its reply (whole files)
+QUICK = {"meta_budget": 16_000, "meta_max_tokens": 2048}  # --quick: fits the embedded model's 8192-token context
+MIN_EPISODE_CHARS = 1500   # digest: at least this much per episode shown
+EVENTS_SHOWN = 5           # digest: examples per kind of event per episode
+STUCK_MIN = 3              # digest: report stretches of at least this many steps without a new game state
+CLAUDE_TURNS = 100         # claude-cli: agentic turns (it may read the full traces with Read/Grep/Glob)
+
+ALLOWED_IMPORTS = ("re", "math", "collections", "itertools", "functools", "heapq", "json", "random", "string",
+                   "statistics", "dataclasses", "typing", "automem", "memory_fs")
+BANNED_NAMES = {"open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
+                "locals", "vars", "breakpoint", "input", "exit", "quit", "help", "memoryview"}
+BANNED_ATTRS = {"os", "sys", "subprocess", "shutil", "socket", "importlib", "builtins", "pathlib", "Path", "io",
+                "ctypes", "signal", "threading", "multiprocessing", "tempfile", "time", "yaml", "hashlib",
+                "root", "memory_dir", "write_text", "write_bytes", "read_text", "read_bytes", "open", "unlink",
+                "rmdir", "mkdir", "touch", "symlink_to", "hardlink_to", "rename", "chmod", "iterdir", "glob",
+                "rglob", "system", "popen", "spawn", "fork", "kill"}
+GAME_CALLS = {"step", "reset", "close"}
+HOOK_SECONDS = 2.0         # one hook call in validation
+OUTPUT_CAP = 64_000        # bytes the validation subprocess may print
+FILE_CAP = 16 << 20        # bytes any file the validation subprocess writes may reach (RLIMIT_FSIZE)
+MEMORY_CAP = 8 << 30       # address space of the validation subprocess (RLIMIT_AS)
+MAX_HOOK_TEXT = 20_000     # characters one hook call may return
+REPLAY_EPISODES, REPLAY_STEPS, SMOKE_STEPS = 2, 30, 5
+PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.mkdir", "os.rmdir", "os.remove", "os.rename", "os.chmod",
+               "os.chown", "os.truncate", "os.utime", "os.chdir", "glob.glob"}
+BLOCKED_EVENTS = ("os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.kill",
+                  "os.killpg", "os.putenv", "os.unsetenv", "os.symlink", "os.link", "subprocess.", "socket.",
+                  "ctypes.", "shutil.", "pty.", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.",
+                  "sqlite3.", "import")
+STATE_KEYS = {  # what ctx.obs.state holds, per env (see envs.py)
+    "crafter": '{"pos": [x, y], "facing": [dx, dy], "inventory": {item: n}, "achievements": [names], '
+               '"status": {"health", "food", "drink", "energy": 0..9, "sleeping", "dead"}}',
+    "minihack": '{"map": [21 dungeon rows, map[y][x]], "cursor": (x, y), "blstats": {"x", "y", "hitpoints", '
+                '"depth", "hunger", ...}, "message": str}',
+}
+STATE_KEYS["nethack"] = STATE_KEYS["minihack"]
+META = {}  # loaded meta-LLM backends; tests put a scripted one at META["llm"]
+
+
+# ----------------------------------------------------------------------------- arguments and run directory
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any other flag goes to eval.py (see python eval.py --help).")
+    p.add_argument("--env", help=", ".join(envs.ENVS))
+    p.add_argument("--iterations", type=int, default=5, help="candidates to try in total (the paper: 5 iterations)")
+    p.add_argument("--scaffold", help="starting incumbent (default scaffolds/<env>/v0)")
+    p.add_argument("--meta-backend", default="llamacpp", choices=META_BACKENDS)
+    p.add_argument("--meta-model", help="llamacpp: GGUF path (default: embedded SmolLM2); openai/anthropic: model "
+                                        "name; claude-cli: model alias (default opus)")
+    p.add_argument("--meta-base-url", help="openai meta backend: server URL")
+    p.add_argument("--meta-max-tokens", type=int, help=f"reply tokens of the meta-LLM (default {META_MAX_TOKENS})")
+    p.add_argument("--meta-temperature", type=float, default=1.0)
+    p.add_argument("--meta-seed", type=int, default=0, help="iteration K samples with seed meta-seed + K")
+    p.add_argument("--meta-n-ctx", type=int, default=llm.N_CTX, help="llamacpp meta backend: context tokens")
+    p.add_argument("--meta-budget", type=int, help=f"characters of meta-LLM input (default {META_BUDGET}, about 4 "
+                                                   "per token); the trace digest gets what the rest leaves")
+    p.add_argument("--meta-timeout", type=float, default=3600, help="seconds for one anthropic/claude-cli call")
+    p.add_argument("--min-margin", type=float, default=0.0, help="accept iff mean progression (%%) > incumbent's + this")
+    p.add_argument("--validate-timeout", type=float, default=180, help="seconds for the validation subprocess")
+    p.add_argument("--scaffolds-dir", default=str(ROOT / "scaffolds"), help="where versions live: <dir>/<env>/vN")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    p.add_argument("--run-name", help="runs/<run-name> (default: derived from env, start, agent and meta models)")
+    p.add_argument("--quick", action="store_true", help=f"tiny settings for eval.py (its --quick) and the meta-LLM {QUICK}")
+    p.add_argument("--report", action="store_true", help="print the version history and every candidate's verdict")
+    return p.parse_known_args(argv)
+
+
+def model_tag(model):
+    return Path(str(model)).name.removesuffix(".gguf")
+
+
+def make_config(args, eval_argv):
+    """Everything that defines the loop (written to config.json; a resumed run must match)."""
+    if args.env not in envs.ENVS:
+        raise ValueError(f"--env {args.env}: choose one of {', '.join(envs.ENVS)}")
+    for flag in ("--env", "--scaffold", "--run-name", "--runs-dir", "--agent"):
+        if any(a == flag or a.startswith(flag + "=") for a in eval_argv):
+            raise ValueError(f"{flag} is set by meta_loop.py (the loop evaluates memory-agent scaffolds in its run folder)")
+    agent = evaluation.parse_args(eval_argv + (["--quick"] if args.quick else []))  # exits on a bad eval flag
+    agent_model = agent.model or (llm.DEFAULT_MODEL if agent.backend in ("llamacpp", "transformers") else agent.backend)
+    meta_model = args.meta_model or {"llamacpp": llm.DEFAULT_MODEL, "transformers": llm.DEFAULT_MODEL,
+                                     "claude-cli": "opus"}.get(args.meta_backend)
+    if meta_model is None:
+        raise ValueError(f"--meta-backend {args.meta_backend} needs --meta-model")
+    start = Path(args.scaffold or Path(args.scaffolds_dir) / args.env / "v0").resolve()
+    if automem.load_scaffold(start)["env"] != args.env:  # the starting incumbent is trusted code (v0 or an accepted version)
+        raise ValueError(f"scaffold {start} is not a {args.env} scaffold")
+    quick = QUICK if args.quick else {}
+    name = "-".join(["meta", args.env, start.name, model_tag(agent_model), model_tag(meta_model)]
+                    + (["quick"] if args.quick else []))
+    return {
+        "run_name": args.run_name or name, "env": args.env, "start": str(start),
+        "scaffolds_dir": str(Path(args.scaffolds_dir).resolve()),
+        "eval_argv": eval_argv + (["--quick"] if args.quick else []),
+        "meta": {"backend": args.meta_backend, "model": str(meta_model), "base_url": args.meta_base_url,
+                 "max_tokens": args.meta_max_tokens or quick.get("meta_max_tokens") or META_MAX_TOKENS,
+                 "budget": args.meta_budget or quick.get("meta_budget") or META_BUDGET,
+                 "temperature": args.meta_temperature, "seed": args.meta_seed, "n_ctx": args.meta_n_ctx,
+                 "timeout": args.meta_timeout},
+        "min_margin": args.min_margin, "validate_timeout": args.validate_timeout,
+    }
+
+
+def prepare_run_dir(config, runs_dir):
+    """Create runs/<name>/ or check that an existing one holds the same loop (then continue it)."""
+    run_dir = Path(runs_dir) / config["run_name"]
+    path = run_dir / "config.json"
+    if path.is_file():
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("started", "command")}
+        if old != config:
+            changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(f"{run_dir} holds a different loop ({', '.join(changed)} differ); "
+                             f"pass another --run-name or delete that folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        write_json(path, {**config, "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return run_dir
+
+
+def write_json(path, obj):
+    """Write atomically: a killed loop leaves the old file or the new one, never half of one."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def versions(env_dir):
+    """{N: folder} of the versions vN in scaffolds/<env>/."""
+    found = {}
+    for d in Path(env_dir).glob("v*"):
+        if re.fullmatch(r"v\d+", d.name) and d.is_dir():
+            found[int(d.name[1:])] = d
+    return found
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(config, scaffold_dir, eval_dir):
+    """Run (or resume) eval.py on a scaffold; return its results for the env."""
+    eval_dir = Path(eval_dir)
+    evaluation.main(config["eval_argv"] + ["--env", config["env"], "--scaffold", str(scaffold_dir),
+                                           "--runs-dir", str(eval_dir.parent), "--run-name", eval_dir.name])
+    results = json.loads((eval_dir / "results.json").read_text())["envs"][config["env"]]
+    if results["episodes"] < results["expected_episodes"]:
+        raise ValueError(f"{eval_dir}: {results['episodes']} of {results['expected_episodes']} episodes finished")
+    return {**results, "hash": json.loads((eval_dir / "config.json").read_text())["scaffolds"][config["env"]]["hash"]}
+
+
+def score_text(score):
+    return f"{score['mean']:.2f} ± {score['se']:.2f}" if score else "-"
+
+
+# ----------------------------------------------------------------------------- the meta-LLM's input
+
+RULES = """You improve the scaffold of an LLM agent that plays {env}. The agent's memory is a folder of text files.
+
+How the agent works. Every game step runs two routines. LOG (from the second step on) shows the model what its
+previous action did; the model writes memory ops such as <|APPEND|>file.txt|text<|END|> and ends with <|DONE|>.
+PLAN shows the current observation; the model may read memory (read-only ops) and must commit one game action
+with <|ACTION|>name<|END|>. A routine is a chat of at most limits.log_turns / limits.plan_turns model calls, with
+op results shown between calls. If PLAN never commits, fallback_action (default: the env's) runs.
+
+scaffold.yaml keys: name, env ({env}), limits, ops (log: [...], plan: [... including ACTION]), aliases, files
+(initial memory files, name: text), prompts (system, log, log_continue, plan, plan_continue), optional
+fallback_action. Prompts are Python str.format templates: write a literal brace as {{{{ or }}}}. Placeholders
+allowed in each prompt: {placeholders}.
+Ops: READ, SEARCH, TAIL, COUNT, APPEND, WRITE, CREATE, UPSERT, DONE, ACTION. An alias names a shortcut, e.g.
+aliases: {{UPSERT_MAP: {{op: UPSERT, file: dungeon_map.txt, key: "({{0}}):"}}}} makes <|UPSERT_MAP|>3,4|door<|END|>
+write the line "(3,4): door". limits may not exceed: {limits}.
+
+hooks.py (optional) defines any of these functions, called at fixed points of every step:
+  observe(ctx) -> str or None        text appended to the observation the model sees (LOG and PLAN)
+  before_log(ctx) -> str or None     text added to the LOG prompt's {{notices}}
+  after_log(ctx) -> None             file upkeep after LOG (e.g. rewrite a status file, prune a long file)
+  before_plan(ctx) -> str or None    text added to the PLAN prompt's {{notices}}
+  check_action(ctx, action) -> str or None   a reason sends the committed action back to PLAN
+                                     (at most limits.gate_retries times; the last attempt stands)
+ctx.step (int); ctx.obs.text / .long / .short (str); ctx.obs.state = {state}; ctx.memory: read(name) -> str,
+names(), snapshot() -> {{name: text}}, apply(memory_fs.Op("WRITE", [name, text], "")) to write (APPEND, WRITE,
+CREATE, UPSERT); ctx.game.actions (valid action names); ctx.episode (a dict kept for the whole episode);
+ctx.actions (actions executed so far). automem.nle_map_analysis(rows, x, y) describes the squares around (x, y).
+Hook rules, enforced by a static check and a sandbox (a violation rejects the revision): import only
+{imports}; never call {names}; no name or attribute starting with "_"; no file, process or network
+access (files only through ctx.memory); do not print; each call returns within {seconds} s and at most
+{text} characters; never step the game.
+
+Goal: raise the mean progression over the fixed evaluation episodes. Your revision is evaluated once on the
+same seeds and replaces the current scaffold only if its mean progression is strictly higher{margin}.
+Change how the memory system works (files, ops, hooks, what the prompts ask for), not only the wording, and
+keep memory operations in the model's hands. Study the digest below: fix what made the agent fail.
+
+Reply in exactly this format (a program parses it; whole files, not diffs):
+RATIONALE: what you change and why, citing trace steps.
+```yaml scaffold.yaml
+<the complete new scaffold.yaml>
+```
+```python hooks.py
+<the complete new hooks.py>
+```
+Leave out the hooks.py block to keep the current hooks.py; an empty hooks.py block removes all hooks."""
+
+
+def build_prompt(config, state):
+    """The meta-LLM's input: rules, incumbent files, results, history, then a trace digest in what is left."""
+    env, inc = config["env"], state["incumbent"]
+    margin = f" by more than {config['min_margin']} points" if config["min_margin"] else ""
+    parts = [RULES.format(env=env, placeholders="; ".join(f"{k}: {', '.join(sorted(v))}"
+                                                          for k, v in automem.PLACEHOLDERS.items()),
+                          limits=automem.LIMITS, state=STATE_KEYS[env], imports=", ".join(ALLOWED_IMPORTS),
+                          names=", ".join(sorted(BANNED_NAMES)), seconds=HOOK_SECONDS, text=MAX_HOOK_TEXT,
+                          margin=margin)]
+    scaffold_dir = ROOT / inc["path"]
+    files = f"\n\n## Current scaffold {inc['version']}: mean progression {score_text(inc['score'])} %\n"
+    files += f"```yaml scaffold.yaml\n{(scaffold_dir / 'scaffold.yaml').read_text().rstrip()}\n```\n"
+    hooks = scaffold_dir / "hooks.py"
+    files += f"```python hooks.py\n{hooks.read_text().rstrip()}\n```\n" if hooks.is_file() else "(no hooks.py)\n"
+    parts.append(files)
+    parts.append("\n## Its results on the evaluation seeds\n" + results_text(inc["results"]))
+    parts.append("\n## Earlier candidates of this loop\n" + history_text(state))
+    head = "".join(parts)
+    digest_head = "\n## Trace digest (lowest progression first; 'step N' is the step's number in its trace)\n"
+    if config["meta"]["backend"] == "claude-cli":  # an agentic session may read the whole traces too
+        digest_head += f"The full traces (JSONL, one line per step) are in {(ROOT / inc['eval']).resolve() / 'traces'}.\n"
+    budget = config["meta"]["budget"] - len(head) - len(digest_head)
+    return head + digest_head + trace_digest(ROOT / inc["eval"], budget)
+
+
+def results_text(results):
+    lines = [f"progression {score_text(results['progression'])} % over {results['episodes']} episodes"]
+    if len(results["tasks"]) > 1:
+        lines += [f"  {task}: {score_text(s)} %" for task, s in results["tasks"].items()]
+    lines.append("memory behaviour and cost: " + ", ".join(
+        f"{k} {'n/a' if v is None else round(v, 3)}" for k, v in results["behaviour"].items()))
+    lines.append("(unproductive: share of steps that left the game state unchanged or went back to one of the last "
+                 f"{metrics.OSCILLATION_WINDOW}; redundant write: it repeated what the file held; empty search: "
+                 "SEARCH found nothing; fallback: PLAN committed no action)")
+    return "\n".join(lines) + "\n"
+
+
+def history_text(state):
+    if not state["iterations"]:
+        return "(none yet)\n"
+    lines = []
+    for it in state["iterations"]:
+        lines.append(f"- iter{it['iteration']} (from {it['parent']}): {it['verdict']}, progression "
+                     f"{score_text(it['score'])} vs {score_text(it['parent_score'])}; {it['reason']}. "
+                     f"Rationale: {line(it['rationale'], 300) or '-'}")
+    return "\n".join(lines) + "\n"
+
+
+def clip(text, n):
+    return text if len(text) <= n else text[:max(0, n - 14)] + " [... cut ...]"
+
+
+def line(text, n):
+    """`text` as one line of at most n characters."""
+    return clip(" ".join(str(text).split()), n)
+
+
+def trace_digest(eval_dir, budget):
+    """What went wrong in the episodes, lowest progression first, cut to `budget` characters."""
+    if budget < 200:
+        return "(no room left for the trace digest: raise --meta-budget)\n"
+    episodes = [automem.read_trace(p) for p in sorted(Path(eval_dir, "traces").rglob("*.jsonl"))]
+    episodes = sorted((e for e in episodes if e[2]), key=lambda e: e[2]["progression"])
+    if not episodes:
+        return "(no finished episodes)\n"
+    shown = max(1, min(len(episodes), budget // MIN_EPISODE_CHARS))
+    parts = [clip(episode_digest(*e), budget // shown - 2) for e in episodes[:shown]]
+    if shown < len(episodes):
+        rest = [100 * e[2]["progression"] for e in episodes[shown:]]
+        parts[-1] = clip(parts[-1], budget // shown - 120)
+        parts.append(f"({len(rest)} more episodes not shown; progression {min(rest):.1f}..{max(rest):.1f} %)")
+    return "\n\n".join(parts) + "\n"
+
+
+def episode_digest(header, steps, end):
+    """One episode: outcome, events with their steps (EVENTS_SHOWN of each kind), final memory, one step verbatim."""
+    achieved = f"; achievements: {', '.join(end['achievements'])}" if end.get("achievements") else ""
+    lines = [f"### {header['task']} seed {header['seed']}: progression {100 * end['progression']:.1f} %, "
+             f"{end['steps']} steps, ended by {end['end_reason']}{achieved}"]
+    events = {k: [] for k in ("no new game state", "invalid action", "fallback", "sent back by check_action",
+                              "empty search", "redundant write", "progress")}
+    texts = [s["observation"] for s in steps] + [end["final_observation"]]
+    seen = [metrics.game_state(text, t > 0 and not steps[t - 1]["valid"]) for t, text in enumerate(texts)]
+    # metrics.unproductive_rate's steps (stuck or back to a recent state), grouped into stretches
+    stretches = []
+    for t in range(len(steps)):
+        if seen[t + 1] in seen[max(0, t + 1 - metrics.OSCILLATION_WINDOW):t + 1]:
+            if stretches and stretches[-1][-1] == t - 1:
+                stretches[-1].append(t)
+            else:
+                stretches.append([t])
+    for stretch in (s for s in stretches if len(s) >= STUCK_MIN):
+        acts = [steps[i]["action"] for i in stretch]
+        counts = ", ".join(f"{line(a, 40)!r} x{acts.count(a)}" for a in dict.fromkeys(acts))
+        events["no new game state"].append(f"steps {stretch[0]}-{stretch[-1]}: {len(stretch)} steps stuck or back "
+                                           f"to a recent state; actions {counts}")
+    example = next((s[0] for s in stretches if len(s) >= STUCK_MIN), None)
+    for t, s in enumerate(steps):
+        if not s["valid"]:
+            events["invalid action"].append(f"step {t}: {line(s['action'], 80)!r} is not an action "
+                                            f"('{s['executed']}' ran)")
+            example = t if example is None else example
+        if s.get("fallback"):
+            events["fallback"].append(f"step {t}: PLAN ended by {s['plan']['ended']} without an action; "
+                                      f"fallback '{s['action']}' ran")
+        events["sent back by check_action"] += [f"step {t}: {a!r} sent back: {line(r, 120)}" for a, r in s.get("gate", [])]
+        for routine in ("log", "plan"):
+            for call in (s.get(routine) or {}).get("turns", []):
+                for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
+                    if name == "SEARCH" and r["ok"] and r["matches"] == 0:
+                        events["empty search"].append(f"step {t} {routine.upper()}: SEARCH {line('|'.join(args), 80)} "
+                                                      f"found nothing")
+                    if r.get("redundant"):
+                        events["redundant write"].append(f"step {t} {routine.upper()}: {name} "
+                                                         f"{line('|'.join(args), 80)} was already there")
+        if s["progression"] > (steps[t - 1]["progression"] if t else 0.0):
+            events["progress"].append(f"step {t}: {s['action']!r} -> progression {100 * s['progression']:.1f} %")
+    for kind, found in events.items():
+        if found:
+            more = [f"... {len(found) - EVENTS_SHOWN} more"] if len(found) > EVENTS_SHOWN else []
+            lines.append(f"{kind} ({len(found)}):\n  " + "\n  ".join(found[:EVENTS_SHOWN] + more))
+    lines.append("final observation:\n  " + clip(end["final_observation"], 600).replace("\n", "\n  "))
+    memory = end.get("memory") or {}
+    lines.append("memory at the end: " + ("; ".join(
+        f"{name} ({text.count(chr(10))} lines){': ' + line(text[-160:], 160) if text else ''}"
+        for name, text in memory.items()) or "(none)"))
+    t = example if example is not None else 0
+    if steps:
+        lines.append(step_verbatim(t, steps[t]))
+    return "\n".join(lines)
+
+
+def step_verbatim(t, s):
+    """One step as the model saw and answered it (clipped), so the meta-LLM sees real replies."""
+    lines = [f"step {t} verbatim: observation:\n  " + clip(s["observation"], 700).replace("\n", "\n  ")]
+    for routine in ("log", "plan"):
+        for i, call in enumerate((s.get(routine) or {}).get("turns", [])):
+            lines.append(f"  {routine.upper()} reply {i + 1}: {line(call['reply'], 300)!r}")
+    lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the meta-LLM
+
+def ask_meta(meta, prompt, seed, cwd, read_dirs=()):
+    """The meta-LLM's reply to one prompt. Raises llm.BackendError when the call fails (the loop stops)."""
+    if meta["backend"] == "claude-cli":  # the authors' setting: an agentic Claude Code session, read-only tools here
+        if shutil.which("claude") is None:
+            raise ValueError("--meta-backend claude-cli: no `claude` on PATH; install Claude Code "
+                             "(npm install -g @anthropic-ai/claude-code) or pick another --meta-backend")
+        cmd = ["claude", "-p", "Do the task given on standard input. Your final message must be the reply it asks for.",
+               "--model", meta["model"], "--output-format", "text", "--max-turns", str(CLAUDE_TURNS),
+               "--allowedTools", "Read", "Grep", "Glob"] + [a for d in read_dirs for a in ("--add-dir", str(d))]
+        try:
+            out = subprocess.run(cmd, input=prompt, capture_output=True, text=True, cwd=cwd, timeout=meta["timeout"])
+        except subprocess.TimeoutExpired:
+            raise llm.BackendError(f"claude -p gave no answer within {meta['timeout']} s") from None
+        if out.returncode:
+            raise llm.BackendError(f"claude -p exited with {out.returncode}: {out.stderr.strip()[-300:]}")
+        return out.stdout
+    if meta["backend"] == "anthropic":
+        try:
+            import anthropic
+        except ImportError:
+            raise ValueError("--meta-backend anthropic needs the official client: pip install anthropic "
+                             "(and set ANTHROPIC_API_KEY)") from None
+        try:
+            with anthropic.Anthropic(timeout=meta["timeout"]).messages.stream(
+                    model=meta["model"], max_tokens=meta["max_tokens"], temperature=meta["temperature"],
+                    messages=[{"role": "user", "content": prompt}]) as stream:
+                return stream.get_final_text()
+        except anthropic.APIError as e:
+            raise llm.BackendError(f"anthropic: {type(e).__name__}: {str(e)[:300]}") from None
+    if "llm" not in META:
+        options = {"temperature": meta["temperature"], "seed": meta["seed"], "max_tokens": meta["max_tokens"]}
+        options.update({"llamacpp": {"n_ctx": meta["n_ctx"]}, "openai": {"base_url": meta["base_url"]}}.get(meta["backend"], {}))
+        META["llm"] = llm.load(meta["backend"], meta["model"], **options)
+    return META["llm"].chat([{"role": "user", "content": prompt}], max_tokens=meta["max_tokens"], seed=seed).text
+
+
+FILE_BLOCK = re.compile(r"^```(?:[\w+-]+[ \t]+)?(scaffold\.yaml|hooks\.py)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+def parse_reply(text):
+    """({file name: text}, rationale) from the meta-LLM's reply; ValueError naming what is missing."""
+    files = {}
+    for name, body in FILE_BLOCK.findall(text):
+        if name in files:
+            raise ValueError(f"two {name} blocks: give each file once")
+        files[name] = body
+    if "scaffold.yaml" not in files:
+        raise ValueError("no ```yaml scaffold.yaml block (a fenced block whose first line names the file)")
+    rationale = FILE_BLOCK.sub("", text).strip()
+    return files, re.sub(r"^RATIONALE:\s*", "", rationale)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def check_schema(scaffold_dir, env):
+    """automem's schema check of scaffold.yaml (imports no model code: hooks.py is not written yet),
+    plus: the right env, every prompt filled with every placeholder, limits within the protocol's."""
+    spec = automem.load_scaffold(scaffold_dir)
+    if spec["env"] != env:
+        raise ValueError(f"env is {spec['env']!r}, not {env!r}")
+    for name, allowed in automem.PLACEHOLDERS.items():
+        try:
+            spec["prompts"][name].format(**{k: "x" for k in allowed})
+        except (ValueError, IndexError, KeyError, AttributeError) as e:
+            raise ValueError(f"prompts.{name} cannot be filled: {e}") from None
+    over = {k: v for k, v in spec["limits"].items() if not (isinstance(v, int) and 0 < v <= automem.LIMITS.get(k, 0))}
+    if over:
+        raise ValueError(f"limits {over} unknown or outside 1..the protocol's {automem.LIMITS} "
+                         f"(a revision may not win by spending more)")
+
+
+def check_hooks_source(text):
+    """The static half of the hook policy (module docstring); ValueError with the line of the first breach."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as e:
+        raise ValueError(f"hooks.py line {e.lineno}: syntax error: {e.msg}") from None
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                top, level = (node.module or "", node.level) if isinstance(node, ast.ImportFrom) else (alias.name, 0)
+                if level or top.split(".")[0] not in ALLOWED_IMPORTS:
+                    bad = f"import of {'.' * level}{top} (allowed: {', '.join(ALLOWED_IMPORTS)})"
+                elif isinstance(node, ast.ImportFrom) and (alias.name in BANNED_ATTRS or alias.name.startswith("_")):
+                    bad = f"import of {top}.{alias.name}"
+                else:
+                    modules.add((alias.asname or alias.name).split(".")[0])
+                    continue
+                raise ValueError(f"hooks.py line {node.lineno}: {bad}")
+    for node in ast.walk(tree):
+        bad = None
+        if isinstance(node, ast.Name) and (node.id in BANNED_NAMES or node.id.startswith("_")):
+            bad = f"name {node.id}"
+        elif isinstance(node, ast.Attribute) and (node.attr in BANNED_ATTRS or node.attr.startswith("_")):
+            bad = f"attribute .{node.attr}"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in GAME_CALLS:
+            bad = f"call of .{node.func.attr}() (the game is stepped by the agent only)"
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            for target in getattr(node, "targets", None) or [node.target]:
+                root = target
+                while isinstance(root, (ast.Attribute, ast.Subscript)):
+                    root = root.value
+                if root is not target and isinstance(root, ast.Name) and root.id in modules:
+                    bad = f"assignment into module {root.id}"
+        if bad:
+            raise ValueError(f"hooks.py line {node.lineno}: {bad} is not allowed in hooks")
+
+
+def validate_in_sandbox(scaffold_dir, sandbox, env, replay, timeout):
+    """Import hooks.py and run its functions in a subprocess (see the hook policy); ValueError with the reason."""
+    sandbox = Path(sandbox)
+    shutil.rmtree(sandbox, ignore_errors=True)
+    (sandbox / "work").mkdir(parents=True)
+    shutil.copytree(scaffold_dir, sandbox / "scaffold")  # a copy: what hooks do to it cannot reach the candidate
+    write_json(sandbox / "request.json", {"env": env, "replay": replay})
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import meta_loop; meta_loop.sandbox_main({str(sandbox)!r})"
+    log_path = sandbox / "output.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=sandbox / "work", stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_child)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child's process group: it and anything it left behind
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    printed = log_path.stat().st_size
+    tail = log_path.read_bytes()[-400:].decode(errors="replace").strip()
+    if proc.returncode == -signal.SIGKILL:
+        raise ValueError(f"sandbox: not finished after {timeout:g} s (a hook loops or blocks)")
+    if proc.returncode == -signal.SIGXFSZ:
+        raise ValueError(f"sandbox: output or a file grew past {FILE_CAP} bytes")
+    if printed > OUTPUT_CAP:
+        raise ValueError(f"sandbox: printed {printed} bytes (at most {OUTPUT_CAP}; hooks must not print)")
+    result_path = sandbox / "result.json"
+    if not result_path.is_file():
+        raise ValueError(f"sandbox: the validation process died (exit code {proc.returncode}): {line(tail, 300)}")
+    result = json.loads(result_path.read_text())
+    if not result["ok"]:
+        raise ValueError(f"sandbox: {result['reason']}")
+    return result
+
+
+def limit_child():
+    """Resource limits of the validation subprocess (runs in the child before it starts Python)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_CAP, FILE_CAP))
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def sandbox_main(sandbox):
+    """The validation subprocess: rebuild recorded observations, then load the candidate and run its
+    hooks under the guard; writes <sandbox>/result.json ({"ok", "reason", "calls"})."""
+    sandbox = Path(sandbox)
+    request = json.loads((sandbox / "request.json").read_text())
+    scaffold_dir, env = sandbox / "scaffold", request["env"]
+    for name in ALLOWED_IMPORTS:  # imported now, so a hook's import statement opens no file
+        importlib.import_module(name)
+    sys.dont_write_bytecode = True
+    allowed = [os.path.abspath(p) + os.sep for p in (sandbox / "work", scaffold_dir)]
+    guard = {"on": False, "violations": [], "calls": 0}
+
+    def audit(event, args):
+        if not guard["on"]:
+            return
+        bad = None
+        if event in PATH_EVENTS:
+            for a in args:
+                if isinstance(a, (str, bytes, os.PathLike)):
+                    path = os.path.abspath(os.fsdecode(a))
+                    if not any((path + os.sep).startswith(p) for p in allowed):
+                        bad = f"{event} {path} (outside the sandbox)"
+        elif event.startswith(BLOCKED_EVENTS):
+            bad = f"{event} {str(args[0])[:80] if args else ''}"
+        if bad:
+            guard["violations"].append(bad)
+            raise PermissionError(f"hook policy: {bad}")
+
+    def alarm(*_):
+        raise TimeoutError(f"a hook call took more than {HOOK_SECONDS} s")
+
+    def guarded(fn, *args):
+        guard["on"], guard["calls"] = True, guard["calls"] + 1
+        signal.setitimer(signal.ITIMER_REAL, HOOK_SECONDS)
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            guard["on"] = False
+
+    def hook(name, fn):  # what the agent calls: the hook under the guard, its result checked
+        def call(ctx, *args):
+            t = ctx.game.t
+            out = guarded(fn, ctx, *args)
+            if ctx.game.t != t:
+                raise ValueError(f"{name} stepped the game")
+            if not (out is None or isinstance(out, str) and len(out) <= MAX_HOOK_TEXT):
+                size = f" of {len(out)} characters" if isinstance(out, str) else ""
+                raise ValueError(f"{name} returned a {type(out).__name__}{size}: hooks return None or a str "
+                                 f"of at most {MAX_HOOK_TEXT} characters")
+            return out
+        return call
+
+    def finish(ok, reason=""):
+        if guard["violations"]:  # recorded even when the hook caught the PermissionError
+            ok, reason = False, "hook policy: " + "; ".join(dict.fromkeys(guard["violations"]))[:600]
+        reason = reason.replace(f"{scaffold_dir}{os.sep}", "")  # "hooks.py: ...", not the sandbox's path
+        write_json(sandbox / "result.json", {"ok": ok, "reason": reason, "calls": guard["calls"]})
+
+    def where(e):
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith("hooks.py")]
+        return f" (hooks.py line {lines[-1]})" if lines else ""
+
+    episodes = []  # (game, [(observation, committed action)]) rebuilt by replaying the executed actions
+    for ep in request["replay"]:
+        game = envs.make(env, ep["task"])
+        obs, seen = game.reset(ep["seed"]), []
+        for action, executed in ep["steps"]:
+            seen.append((obs, action))
+            obs, _, done, _ = game.step(executed)
+            if done:
+                break
+        episodes.append((game, seen, ep))
+    sys.addaudithook(audit)  # permanent; active only while guard["on"]
+    signal.signal(signal.SIGALRM, alarm)
+    try:
+        scaffold = guarded(automem.load_scaffold, scaffold_dir)  # imports hooks.py
+    except ValueError as e:
+        return finish(False, str(e))
+    hooks = {name: hook(name, fn) for name, fn in scaffold["hooks"].items()}
+    for game, seen, ep in episodes:
+        memory = automem.memory_fs.MemoryFS(sandbox / "work" / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"])
+        ctx = automem.Context(0, None, memory, game)
+        for t, (obs, action) in enumerate(seen):
+            ctx.step, ctx.obs = t, obs
+            for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
+                try:
+                    if name in hooks:
+                        hooks[name](ctx, *([action] if name == "check_action" else []))
+                except Exception as e:
+                    return finish(False, f"{name} raised {type(e).__name__}: {line(e, 200)}{where(e)} "
+                                         f"on the recorded {ep['task']} seed {ep['seed']} step {t}")
+            ctx.actions.append(action)
+    game, seen, ep = episodes[0]
+    actions = itertools.cycle(game.actions)  # a different action each step, for check_action
+    smoke = llm.load("scripted", replies=lambda messages: f"<|DONE|> <|ACTION|>{next(actions)}<|END|>")
+    agent = automem.Agent({**scaffold, "hooks": hooks}, smoke, game, sandbox / "work" / "smoke_memory")
+    try:
+        automem.run_episode(agent, game, ep["seed"], sandbox / "work" / "smoke.jsonl", max_steps=SMOKE_STEPS)
+    except Exception as e:
+        return finish(False, f"smoke episode ({SMOKE_STEPS} steps, scripted model): {type(e).__name__}: "
+                             f"{line(e, 200)}{where(e)}")
+    finish(True)
+
+
+def replay_request(eval_dir):
+    """The first REPLAY_STEPS recorded steps of REPLAY_EPISODES episodes of an eval run (episode 0 of each task first)."""
+    paths = sorted(Path(eval_dir, "traces").rglob("*.jsonl"), key=lambda p: (p.stem.split("__")[-1], p.name))
+    chosen = []
+    for path in paths[:REPLAY_EPISODES]:
+        header, steps, _ = automem.read_trace(path)
+        chosen.append({"task": header["task"], "seed": header["seed"],
+                       "steps": [[s["action"], s["executed"]] for s in steps[:REPLAY_STEPS]]})
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run_loop(config, run_dir, iterations):
+    """Evaluate the starting incumbent once, then run iterations until `iterations` are finished."""
+    state_path = run_dir / "state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+    else:
+        start, eval_dir = Path(config["start"]), run_dir / "evals" / Path(config["start"]).name
+        results = evaluate(config, start, eval_dir)
+        incumbent = {"version": start.name, "path": rel(start), "eval": rel(eval_dir), "score": results["progression"],
+                     "results": results}
+        state = {"start": incumbent, "incumbent": incumbent, "iterations": []}
+        write_json(state_path, state)
+    while len(state["iterations"]) < iterations:
+        record = run_iteration(config, run_dir, state, len(state["iterations"]) + 1)
+        if record["verdict"] == "accepted":
+            state["incumbent"] = record.pop("incumbent")
+        state["iterations"].append(record)
+        write_json(state_path, state)
+        print(f"iter{record['iteration']}: {record['verdict']} ({record['stage']}): {record['reason']}")
+    return state
+
+
+def run_iteration(config, run_dir, state, k):
+    """Propose, validate, evaluate and judge candidate k; return its record (verdict, reason, scores)."""
+    env, inc = config["env"], state["incumbent"]
+    env_dir = Path(config["scaffolds_dir"]) / env
+    it_dir = run_dir / "candidates" / f"iter{k}"
+    it_dir.mkdir(parents=True, exist_ok=True)
+    proposal_path = it_dir / "proposal.json"
+    if not proposal_path.is_file():  # else an interrupted iteration: its reply is reused, the rest re-runs
+        prompt = build_prompt(config, state)
+        (it_dir / "prompt.txt").write_text(prompt)
+        meta = config["meta"]
+        print(f"iter{k}: asking the meta-LLM ({meta['backend']} {model_tag(meta['model'])}; {len(prompt)} characters in)")
+        t0 = time.time()
+        reply = ask_meta(meta, prompt, meta["seed"] + k, it_dir, [ROOT / inc["eval"], ROOT / inc["path"]])
+        (it_dir / "reply.txt").write_text(reply)
+        write_json(proposal_path, {"name": f"{env}-v{max(versions(env_dir), default=0) + 1}",  # the version it may become
+                                   "prompt_chars": len(prompt), "reply_chars": len(reply),
+                                   "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    proposal = json.loads(proposal_path.read_text())
+    record = {"iteration": k, "parent": inc["version"], "parent_path": inc["path"], "parent_score": inc["score"],
+              "score": None, "version": None, "rationale": "", "date": proposal["date"]}
+
+    def reject(stage, reason):
+        record.update(verdict="rejected", stage=stage, reason=reason)
+        write_json(it_dir / "verdict.json", record)
+        return record
+
+    try:
+        files, record["rationale"] = parse_reply((it_dir / "reply.txt").read_text())
+    except ValueError as e:
+        return reject("parse", str(e))
+    cand = it_dir / "scaffold"
+    shutil.rmtree(cand, ignore_errors=True)
+    cand.mkdir()
+    yaml_text = re.sub(r"(?m)^name:.*$", f"name: {proposal['name']}", files["scaffold.yaml"], count=1)
+    inc_dir = ROOT / inc["path"]
+    inc_files = {n: (inc_dir / n).read_text() for n in ("scaffold.yaml", "hooks.py") if (inc_dir / n).is_file()}
+    hooks = files.get("hooks.py", inc_files.get("hooks.py"))  # no hooks.py block: the incumbent's stays
+    unnamed = lambda text: re.sub(r"(?m)^name:.*$", "", text, count=1)
+    if unnamed(yaml_text) == unnamed(inc_files["scaffold.yaml"]) and hooks == inc_files.get("hooks.py"):
+        return reject("parse", "no change: the files are the incumbent's")
+    (cand / "scaffold.yaml").write_text(yaml_text)
+    try:
+        check_schema(cand, env)  # before hooks.py exists, so loading imports no model code
+    except Exception as e:  # a ValueError naming the problem, or whatever a malformed shape raised
+        return reject("schema", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+    if hooks is not None:
+        try:
+            check_hooks_source(hooks)
+        except ValueError as e:
+            return reject("static check", str(e))
+        (cand / "hooks.py").write_text(hooks)
+    try:
+        validate_in_sandbox(cand, it_dir / "sandbox", env, replay_request(ROOT / inc["eval"]), config["validate_timeout"])
+        automem.load_scaffold(cand)  # what eval.py does next, in this process: hooks.py passed the sandbox
+    except ValueError as e:
+        return reject("sandbox", str(e))
+    try:
+        results = evaluate(config, cand, it_dir / "eval")  # SystemExit (the agent's model failed) stops the loop
+    except Exception as e:  # e.g. a hook that failed in a state the validation did not reach
+        return reject("evaluation", f"{type(e).__name__}: {line(e, 300)}")
+    record["score"] = score = results["progression"]
+    margin = config["min_margin"]
+    if not score["mean"] > inc["score"]["mean"] + margin:
+        return reject("score", f"not better: {score['mean']:.2f} <= {inc['score']['mean']:.2f} (incumbent) + {margin:g}")
+    meta = {"name": proposal["name"], "hash": results["hash"], "parent": inc["version"], "parent_path": inc["path"],
+            "score": score, "parent_score": inc["score"],
+            "rule": f"mean progression > incumbent's + {margin:g} on the same seeds and settings",
+            "rationale": record["rationale"], "meta_model": {k: config["meta"][k] for k in ("backend", "model")},
+            "agent": json.loads((it_dir / "eval" / "config.json").read_text())["backend"],
+            "eval_argv": config["eval_argv"], "run": config["run_name"], "iteration": k,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    version = publish(cand, env_dir, meta)
+    record.update(verdict="accepted", stage="score", version=version.name,
+                  reason=f"better: {score['mean']:.2f} > {inc['score']['mean']:.2f} (incumbent) + {margin:g}")
+    write_json(it_dir / "verdict.json", record)
+    return {**record, "incumbent": {"version": version.name, "path": rel(version), "eval": rel(it_dir / "eval"),
+                                    "score": score, "results": results}}
+
+
+def publish(cand, env_dir, meta):
+    """Copy an accepted candidate to scaffolds/<env>/vN (the next free N) through a temp folder and one rename."""
+    for d in versions(env_dir).values():  # published before an interruption: the same version again
+        m = d / "meta.json"
+        if m.is_file() and {k: json.loads(m.read_text()).get(k) for k in ("run", "iteration")} == \
+                {"run": meta["run"], "iteration": meta["iteration"]}:
+            return d
+    tmp = Path(env_dir) / f".tmp-{meta['run']}-iter{meta['iteration']}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("scaffold.yaml", "hooks.py"):
+        if (cand / name).is_file():
+            shutil.copyfile(cand / name, tmp / name)
+    n = int(meta["name"].rsplit("-v", 1)[1])
+    while True:
+        target = Path(env_dir) / f"v{n}"
+        if not target.exists():
+            write_json(tmp / "meta.json", {**meta, "version": target.name})
+            try:
+                os.rename(tmp, target)  # fails if another process created a non-empty v{n} meanwhile
+                return target
+            except OSError:
+                pass
+        n += 1
+
+
+# ----------------------------------------------------------------------------- report
+
+def report(runs_dir, scaffolds_dir, env=None):
+    """Markdown: the versions of each env with their lineage, then every loop run's candidates and verdicts."""
+    cell = lambda text: text.replace("|", "\\|")
+    out = []
+    for env_name in [env] if env else envs.ENVS:
+        found = versions(Path(scaffolds_dir) / env_name)
+        if not found:
+            continue
+        out += [f"## {env_name}: versions in {rel(Path(scaffolds_dir) / env_name)}", "",
+                "| version | parent | progression % | parent's % | made by | rationale |", "| --- | --- | --- | --- | --- | --- |"]
+        for n, d in sorted(found.items()):
+            meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else None
+            out.append(f"| {d.name} | {meta['parent']} | {score_text(meta['score'])} | {score_text(meta['parent_score'])} | "
+                       f"{meta['run']} iter{meta['iteration']} | {cell(line(meta['rationale'], 120))} |" if meta else
+                       f"| {d.name} | - | - | - | hand-written | |")
+        for state_path in sorted(Path(runs_dir).glob("*/state.json")):
+            config_path = state_path.parent / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            if config.get("env") != env_name or "meta" not in config:
+                continue
+            state = json.loads(state_path.read_text())
+            start = state["start"]
+            out += ["", f"### loop {state_path.parent.name} (meta-LLM {config['meta']['backend']} "
+                        f"{model_tag(config['meta']['model'])}): incumbent now {state['incumbent']['version']}", "",
+                    "| candidate | version | parent | progression % | parent's % | verdict | why |",
+                    "| --- | --- | --- | --- | --- | --- | --- |",
+                    f"| start | {start['version']} | - | {score_text(start['score'])} | - | incumbent | evaluated first |"]
+            out += [f"| iter{it['iteration']} | {it['version'] or '-'} | {it['parent']} | {score_text(it['score'])} | "
+                    f"{score_text(it['parent_score'])} | {it['verdict']} ({it['stage']}) | {cell(line(it['reason'], 200))} |"
+                    for it in state["iterations"]]
+        out.append("")
+    return "\n".join(out) if out else f"no scaffold versions under {scaffolds_dir}"
+
+
+def main(argv=None):
+    args, eval_argv = parse_args(argv)
+    if args.report:
+        if eval_argv:
+            sys.exit(f"error: --report takes only --env, --runs-dir and --scaffolds-dir, not {' '.join(eval_argv)}")
+        print(report(args.runs_dir, args.scaffolds_dir, args.env))
+        return
+    try:
+        config = make_config(args, eval_argv)
+        run_dir = prepare_run_dir(config, args.runs_dir)
+        print(f"loop {run_dir}: {args.iterations} iterations")
+        run_loop(config, run_dir, args.iterations)
+    except (ValueError, FileNotFoundError, llm.BackendError) as e:
+        sys.exit(f"error: {e}")
+    print(report(args.runs_dir, config["scaffolds_dir"], config["env"]))
+
+
+if __name__ == "__main__":
+    main()
