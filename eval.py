@@ -268,13 +268,19 @@ def prepare_run_dir(config, runs_dir):
     return run_dir
 
 
+def fail(message):
+    """Bad input or an unusable model: one line naming the fix, exit status 2 (shared by the kit's CLIs)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         config = make_config(args)
         run_dir = prepare_run_dir(config, args.runs_dir)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        fail(e)
     todo = [j for j in config["jobs"] if not trace_path(run_dir, j).is_file()]
     print(f"run {run_dir}: {len(config['jobs'])} episodes, {len(config['jobs']) - len(todo)} already done")
     failed = []
@@ -283,7 +289,7 @@ def main(argv=None):
         try:
             load_models(config) if (config["workers"] == 1 or server) else None
         except (ValueError, FileNotFoundError, llm.BackendError) as e:
-            sys.exit(f"error: {e}")
+            fail(e)
     bar = tqdm(total=len(todo), unit="episode", disable=not todo)
     if config["workers"] == 1:
         for job in todo:
