@@ -42,11 +42,15 @@ import numpy as np
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
     warnings.simplefilter("ignore")  # gym 0.23 prints an "unmaintained" notice; minihack warns about pkg_resources
     import crafter
-    import gym
-    import minihack  # registers the MiniHack-* gym ids
-    import minihack.envs.boxohack
-    from nle import nethack, nle_language_obsv
-    from nle.language_wrapper.wrappers.nle_language_wrapper import NLELanguageWrapper
+    try:  # balrog-nle has only a CPython 3.11 Linux x86-64 wheel; without it Crafter still runs
+        import gym
+        import minihack  # registers the MiniHack-* gym ids
+        import minihack.envs.boxohack
+        from nle import nethack, nle_language_obsv
+        from nle.language_wrapper.wrappers.nle_language_wrapper import NLELanguageWrapper
+        NLE_MISSING = None
+    except ImportError as e:
+        NLE_MISSING = f"NetHack and MiniHack need balrog-nle==0.9.0 and minihack==0.1.6 on CPython 3.11 (bash install.sh): {e}"
 
 ENVS = ("crafter", "minihack", "nethack")
 BOXOBAN_TASKS = ["MiniHack-Boxoban-Hard-v0", "MiniHack-Boxoban-Medium-v0"]
@@ -217,12 +221,13 @@ def _crafter_frame(game):
 
 
 # ----------------------------------------------------------------------------- NetHack and MiniHack
-KEYS = {alias: int(enum) for enum, aliases in NLELanguageWrapper.all_nle_action_map.items() for alias in aliases}
-NLE_NAMES = [names[0] for enum, names in NLELanguageWrapper.all_nle_action_map.items()
-             if enum in nethack.USEFUL_ACTIONS]  # 86 command names
-NETHACK_ACTIONS = (NLE_NAMES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-                   + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-                   + [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)])  # 248, BALROG's order
+if NLE_MISSING is None:
+    KEYS = {alias: int(enum) for enum, aliases in NLELanguageWrapper.all_nle_action_map.items() for alias in aliases}
+    NLE_NAMES = [names[0] for enum, names in NLELanguageWrapper.all_nle_action_map.items()
+                 if enum in nethack.USEFUL_ACTIONS]  # 86 command names
+    NETHACK_ACTIONS = (NLE_NAMES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+                       + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+                       + [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)])  # 248, BALROG's order
 BLSTATS = ["x", "y", "strength_percentage", "strength", "dexterity", "constitution", "intelligence", "wisdom",
            "charisma", "score", "hitpoints", "max_hitpoints", "depth", "gold", "energy", "max_energy",
            "armor_class", "monster_level", "experience_level", "experience_points", "time", "hunger_state",
@@ -493,4 +498,6 @@ def make(env, task=None, max_steps=None, boxoban_dir=None):
         raise ValueError(f"{env} has one task, {default!r}, not {task!r}")
     if env == "minihack" and not task.startswith("MiniHack-"):
         raise ValueError(f"unknown MiniHack task {task!r}: use one of {', '.join(MINIHACK_TASKS)}")
+    if env != "crafter" and NLE_MISSING:
+        raise ValueError(NLE_MISSING)
     return Game(env, task, max_steps, boxoban_dir)
