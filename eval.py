@@ -32,7 +32,6 @@ import automem
 import envs
 import llm
 import metrics
-import report
 
 ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 6, "log_turns": 2, "plan_turns": 2, "max_tokens": 96}
@@ -66,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--run-name", help="runs/<run-name> (default: derived from env, agent, scaffold, model)")
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     p.add_argument("--boxoban-dir", help="Boxoban levels (or AUTOMEM_BOXOBAN_DIR); without it the 2 Boxoban tasks are skipped")
+    p.add_argument("--no-replay", action="store_true", help="skip writing runs/<name>/replay.html")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     return p.parse_args(argv)
 
@@ -242,7 +242,7 @@ def results_markdown(results):
             lines += [f"| | {t} | {s['mean']:.2f} ± {s['se']:.2f} | {s['n']} |" for t, s in r["tasks"].items()]
     names = list(next(iter(results["envs"].values()))["behaviour"]) if results["envs"] else []
     lines += ["", "| metric | " + " | ".join(results["envs"]) + " |", "| --- |" + " --- |" * len(results["envs"])]
-    lines += [f"| {m} | " + " | ".join(report.metric_text(r["behaviour"][m]) for r in results["envs"].values()) + " |" for m in names]
+    lines += [f"| {m} | " + " | ".join(metrics.metric_text(r["behaviour"][m]) for r in results["envs"].values()) + " |" for m in names]
     for env, r in results["envs"].items():
         if r["success_rule_disagreements"]:
             lines.append(f"\n{env}: {r['success_rule_disagreements']} episode(s) where BALROG's last-reward rule "
@@ -312,7 +312,8 @@ def main(argv=None):
     bar.close()
     print(summarize(config, run_dir))
     first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
-    if first:  # see what the agent did: python report.py replay <trace> for any other episode
+    if first and not args.no_replay:  # see what the agent did: python report.py replay <trace> for any other episode
+        import report  # matplotlib and PIL load only when a replay is written
         print(f"replay of {first.relative_to(run_dir)}: {report.write_replay(first, run_dir / 'replay.html', frames=True)}")
     if failed:
         (run_dir / "failed.json").write_text(json.dumps(failed, indent=2))

@@ -123,3 +123,8 @@ def behaviour(episodes):
         "output_tokens_per_step": per_step(episodes, "completion_tokens"),
         "seconds_per_step": per_step(episodes, "seconds"),
     }
+
+
+def metric_text(v):
+    """A metric for a table: n/a where undefined (a ratio with nothing to divide by)."""
+    return "n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"

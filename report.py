@@ -40,6 +40,7 @@ from PIL import Image
 
 import automem
 import memory_fs
+import metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -161,10 +162,6 @@ def cell_text(c):
     return text + (f" ({c['n']}/{c['expected']})" if c["expected"] and c["n"] < c["expected"] else "")
 
 
-def metric_text(v):
-    return "n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-
-
 def short_task(task):
     return task.removeprefix("MiniHack-").removesuffix("-v0")
 
@@ -188,7 +185,7 @@ def table_markdown(rows, paper=False):
                                                             if t in r["tasks"] else "–" for t in tasks]
                                 for r in task_rows])]
     for env in envs:
-        body = [[r["label"], r["model"]] + [metric_text(r["behaviour"][env].get(m)) for m in METRICS]
+        body = [[r["label"], r["model"]] + [metrics.metric_text(r["behaviour"][env].get(m)) for m in METRICS]
                 for r in rows if env in r["behaviour"]]
         if paper:
             base, trained = PAPER_WRITES_PER_SEARCH[env]
@@ -293,7 +290,7 @@ def behaviour_figure(runs, out, paper=False):
             xs = x + (j - 0.5) * width
             ax.bar(xs, [np.nan if v is None else v for v in values], width, color=color, label=f"{which} run")
             for xi, v in zip(xs, values):
-                ax.annotate(metric_text(v), (xi, 0 if v is None else v), textcoords="offset points",
+                ax.annotate(metrics.metric_text(v), (xi, 0 if v is None else v), textcoords="offset points",
                             xytext=(0, 2), ha="center", fontsize=7)
         if paper and metric == "log_writes_per_search":
             for j, (which, marker) in enumerate((("base", "_"), ("trained", "x"))):
