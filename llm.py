@@ -137,17 +137,21 @@ class LlamaCpp:
     cuts them keep a reply a function of (seed, messages) alone, bit for bit."""
 
     def __init__(self, model=None, *, n_ctx=N_CTX, n_threads=None, n_gpu_layers=0, seed=SEED,
-                 temperature=TEMPERATURE, max_tokens=MAX_TOKENS, lora_path=None, grammar=None):
+                 temperature=TEMPERATURE, max_tokens=MAX_TOKENS, lora_path=None, grammar=None, flash_attn=True,
+                 n_batch=128):
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         self.model, self.n_ctx, self.n_threads = _gguf_path(model or DEFAULT_MODEL), n_ctx, n_threads or os.cpu_count()
         if lora_path:
             _gguf_path(lora_path)
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
-        self.n_gpu_layers, self.lora_path, self.grammar = n_gpu_layers, lora_path, grammar
+        self.n_gpu_layers, self.lora_path, self.grammar, self.flash_attn = n_gpu_layers, lora_path, grammar, flash_attn
+        # flash_attn: prompts ~1.3x faster on the 2-core CPU box (llama-cpp-python turns it off by default).
+        # n_batch 128 instead of 512: prompts ~5% slower, but reuse (whole blocks) loses 64 tokens a call, not 256.
         self.llm = llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=self.n_threads,
                                    n_threads_batch=self.n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
-                                   lora_path=lora_path, verbose=False)
+                                   lora_path=lora_path, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=n_batch,
+                                   verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{self.model} has no chat template: use an instruct GGUF that embeds one")
@@ -193,7 +197,7 @@ class LlamaCpp:
         return {"backend": "llamacpp", "model": self.model, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
                 "n_gpu_layers": self.n_gpu_layers, "seed": self.seed, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "lora_path": self.lora_path, "grammar": self.grammar,
-                "llama_cpp_python": llama_cpp.__version__}
+                "flash_attn": self.flash_attn, "n_batch": self.llm.n_batch, "llama_cpp_python": llama_cpp.__version__}
 
 
 def trace_replies(path):
@@ -402,7 +406,7 @@ if __name__ == "__main__":
         m = load(args.backend, args.model, temperature=args.temperature, seed=args.seed, **options)
         r = m.chat([{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens)
     except (ValueError, FileNotFoundError, BackendError) as e:
-        raise SystemExit(f"error: {e}")
+        p.exit(2, f"error: {e}\n")  # one line, status 2, like the kit's other CLIs
     print(r.text)
     print(f"-- {r.prompt_tokens} prompt + {r.completion_tokens} completion tokens in {r.seconds:.2f} s "
           f"({(r.prompt_tokens + r.completion_tokens) / r.seconds:.1f} tok/s overall)")
