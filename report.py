@@ -502,7 +502,7 @@ def episode_view(trace):
             problems.append(f"step {s['step']}: {problem}")
         total += s.get("reward") or 0.0
         view_steps.append({"a": s["action"], "v": s["valid"], "x": s["executed"], "r": s["reward"], "ret": total,
-                           "p": s["progression"], "fb": s.get("fallback", False), "gate": s.get("gate") or [],
+                           "p": s["progression"], "fb": s.get("fallback", False), "gate": [[g["action"], g["reason"]] for g in s.get("gate") or []],
                            "hooks": s.get("hooks") or {}, "log": routine_view(s.get("log")),
                            "plan": routine_view(s.get("plan"))})
     obs = [s["observation"] for s in steps]

@@ -90,7 +90,8 @@ def test_hooks_observe_gate_and_after_log(tmp_path, game):
     replies = ["<|ACTION|>Noop<|END|>", "<|ACTION|>Noop<|END|>", "<|ACTION|>Noop<|END|>",  # step 0: gate x2, then kept
                "<|DONE|>", "<|ACTION|>Do<|END|>"]
     agent, recs, _ = play(tmp_path, game, replies, scaffold=scaffold)
-    assert recs[0]["gate"] == [["Noop", "standing still wastes time"]] * 2 and recs[0]["action"] == "Noop"
+    assert [(g["action"], g["reason"]) for g in recs[0]["gate"]] == [("Noop", "standing still wastes time")] * 2
+    assert recs[0]["action"] == "Noop" and len(recs[0]["gate"][0]["turns"]) == 1
     assert recs[0]["hooks"]["observe"] == ["STEP-MARK 0"]
     assert "STEP-MARK 1" in recs[1]["log"]["turns"][0]["messages"][0]["content"]
     assert ["WRITE", ["status.txt", "step 1\n"]] in recs[1]["writes"]  # hook writes land in the trace
