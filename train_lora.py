@@ -74,6 +74,7 @@ FIELDS = {  # what select() sees for each candidate turn (also shown to the meta
     "env": "crafter | minihack | nethack", "task": "task id", "seed": "episode seed", "source": "trace file",
     "step": "env step", "routine": "'log' or 'plan'", "turn": "call index in the routine (0 first)",
     "turns": "calls the routine made this step", "model": "'base' or 'memory' (who wrote the reply)",
+    "sent_back": "a PLAN attempt whose action the scaffold's check_action hook sent back",
     "target": "the reply after post-processing (what is trained)", "reply": "the raw reply",
     "messages": "the chat: system, user, ..., assistant=target", "observation": "the step's observation text",
     "ops": "[[name, args], ...] memory ops the reply ran (DONE/ACTION excluded)",
@@ -94,6 +95,8 @@ def select(ex):
     """Keep a turn worth reinforcing? Returns (keep, rule); the first rule that matches decides."""
     if ex["fallback"]:
         return False, "drop:fallback"  # PLAN never committed: nothing to reinforce in this step
+    if ex["sent_back"]:
+        return False, "drop:sent_back"  # this consultation ended in an action the scaffold refused
     if ex["failed"]:
         return False, "drop:failed_op"  # malformed or refused op
     if ex["stuck_run"] >= 3:
@@ -177,15 +180,22 @@ def candidates(path):
     final = end["progression"] if end else (steps[-1]["progression"] if steps else 0.0)
     out, before = [], 0.0
     for t, s in enumerate(steps):
-        calls = list(automem.model_calls(header, s))  # (routine, turn, the exact messages it was sent)
-        for routine in ("log", "plan"):
-            mine = [(turn, chat) for r, turn, chat in calls if r == routine]
+        gated = len(s.get("gate") or [])  # PLAN attempts that check_action sent back (they come first)
+        runs_ = []  # one entry per LOG/PLAN routine run: (routine, [(turn, the exact messages it was sent)])
+        for routine, turn, chat in automem.model_calls(header, s):
+            if len(chat) == 2:  # [system, first user message]: a routine run begins
+                runs_.append((routine, []))
+            runs_[-1][1].append((turn, chat))
+        plans = 0
+        for routine, mine in runs_:
+            sent_back = routine == "plan" and plans < gated
+            plans += routine == "plan"
             counts = [turn_counts(turn) for turn, _ in mine]
             for k, (turn, chat) in enumerate(mine):
                 target = postprocess(routine, turn["reply"])
                 out.append({
                     "env": header["env"], "task": header["task"], "seed": header["seed"], "source": str(path),
-                    "step": s["step"], "routine": routine, "turn": k, "turns": len(mine),
+                    "step": s["step"], "routine": routine, "turn": k, "turns": len(mine), "sent_back": sent_back,
                     "model": turn.get("model", "base"), "target": target, "reply": turn["reply"],
                     "messages": chat + [{"role": "assistant", "content": target}], "observation": s["observation"],
                     **counts[k],

@@ -44,21 +44,22 @@ def turn(ops, reply=None):
 
 
 def write_trace(path, steps, *, env="crafter", task="default", seed=1000, progression=0.0, agent="memory"):
-    """steps: dicts with optional obs, log/plan (lists of turns), action, valid, fallback, progression."""
+    """steps: dicts with optional obs, log/plan (lists of turns), gate (list of sent-back PLAN attempts,
+    each a list of turns), action, valid, fallback, progression."""
     lines = [{"type": "episode", "env": env, "task": task, "seed": seed, "agent": agent,
               "system": SYSTEM if agent == "memory" else None, "files": {}, "actions": ["Noop"], "max_steps": 100}]
     for i, s in enumerate(steps):
         rec = {"type": "step", "step": i, "observation": s.get("obs", f"observation {i}"), "action": s.get("action", "Noop"),
                "valid": s.get("valid", True), "executed": "Noop", "reward": 0.0, "done": False,
                "progression": s.get("progression", 0.0), "fallback": s.get("fallback", False), "writes": []}
+        def calls(routine, spec):
+            return [{"messages": [{"role": "user", "content": f"{routine.upper()} phase, step {i}." if j == 0 else
+                                   f"Results of call {j}."}], **t, "prompt_tokens": 1, "completion_tokens": 1,
+                     "seconds": 0.0, "model": "base"} for j, t in enumerate(spec)]
         for routine in ("log", "plan"):
             if routine in s:
-                turns = []
-                for j, t in enumerate(s[routine]):
-                    user = f"{routine.upper()} phase, step {i}." if j == 0 else f"Results of call {j}."
-                    turns.append({"messages": [{"role": "user", "content": user}], **t, "prompt_tokens": 1,
-                                  "completion_tokens": 1, "seconds": 0.0, "model": "base"})
-                rec[routine] = {"turns": turns, "ended": "done", "action": None}
+                rec[routine] = {"turns": calls(routine, s[routine]), "ended": "done", "action": None}
+        rec["gate"] = [{"action": "Do", "reason": "unsafe", "turns": calls("plan", g)} for g in s.get("gate", [])]
         lines.append(rec)
     lines.append({"type": "end", "steps": len(steps), "progression": progression, "final_observation": "the end"})
     path = Path(path)
@@ -68,11 +69,14 @@ def write_trace(path, steps, *, env="crafter", task="default", seed=1000, progre
 
 
 def verdicts(path):
-    """{(step, routine, turn): rule} for every turn of a trace (post-processing rules included)."""
+    """{(step, routine, turn): rule} for every turn of a trace (post-processing rules included); PLAN
+    attempts that were sent back are keyed (step, "plan", turn, True), the final one also with False."""
     out = {}
     for ex in train_lora.candidates(path):
-        key = (ex["step"], ex["routine"], ex["turn"])
-        out[key] = "post:no_memory_op" if not train_lora.has_memory_op(ex["target"]) else train_lora.select(ex)[1]
+        rule = "post:no_memory_op" if not train_lora.has_memory_op(ex["target"]) else train_lora.select(ex)[1]
+        out[(ex["step"], ex["routine"], ex["turn"], ex["sent_back"])] = rule
+        if not ex["sent_back"]:
+            out[(ex["step"], ex["routine"], ex["turn"])] = rule
     return out
 
 
@@ -83,6 +87,10 @@ GOOD_PLAN = {"plan": [turn([S(), ACT])]}
 @pytest.mark.parametrize("name, steps, kw, where, rule", [
     ("fallback keeps", [GOOD_PLAN], {}, (0, "plan", 0), "keep:search_then_productive_action"),
     ("fallback drops", [{**GOOD_PLAN, "fallback": True}], {}, (0, "plan", 0), "drop:fallback"),
+    ("sent-back attempt drops", [{"gate": [[turn([S(word="lava"), ACT])]], **GOOD_PLAN}], {}, (0, "plan", 0, True),
+     "drop:sent_back"),
+    ("attempt after it keeps", [{"gate": [[turn([S(word="lava"), ACT])]], **GOOD_PLAN}], {}, (0, "plan", 0, False),
+     "keep:search_then_productive_action"),
     ("failed op drops", [{"plan": [turn([S(), FAILED, ACT])]}], {}, (0, "plan", 0), "drop:failed_op"),
     ("stuck drops", [{"obs": "same"}, {"obs": "same", "log": [turn([S()]), turn([A(), DONE])]}, {"obs": "same"},
                      {"obs": "same"}], {}, (1, "log", 1), "drop:stuck"),
