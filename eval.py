@@ -34,7 +34,7 @@ import llm
 import metrics
 
 ROOT = Path(__file__).resolve().parent
-QUICK = {"episodes": 1, "max_steps": 6, "log_turns": 2, "plan_turns": 2, "max_tokens": 96}
+QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_tokens": 64}
 SERVER_BACKENDS = {"openai"}  # these batch on the server: parallel episodes run as threads
 PACKAGES = ("balrog-nle", "gym", "minihack", "crafter", "llama_cpp_python", "transformers", "peft",
             "torch", "openai", "numpy")
