@@ -3,18 +3,16 @@ agent trace, LoRA SFT on the embedded model (CPU), GGUF LoRA for llama.cpp, resu
 training engine with a scripted meta-LLM."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import automem
+import llm
+import train_lora
 
-import automem  # noqa: E402
-import llm  # noqa: E402
-import train_lora  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SYSTEM = "You play a game and keep notes in files. Ops: <|SEARCH|>file|word<|END|>, <|APPEND|>file|text<|END|>, <|DONE|>."
 WRITES = ("APPEND", "WRITE", "CREATE", "UPSERT")
