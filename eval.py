@@ -161,10 +161,21 @@ def load_models(config):
         WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
         if config["memory_model"] or (adapter and spec["backend"] == "llamacpp"):
             WORKER["memory_llm"] = load_backend({**spec, "model": config["memory_model"] or spec["model"],
-                                                 **({"lora_path": adapter} if adapter and spec["backend"] == "llamacpp" else {})})
+                                                 **({"lora_path": gguf_adapter(adapter)} if adapter and spec["backend"] == "llamacpp" else {})})
     adapter = config["memory_adapter"]
     memory_adapter = {"transformers": "memory", "openai": adapter}.get(config["backend"]["backend"]) if adapter else None
     return WORKER["llm"], WORKER.get("memory_llm"), memory_adapter
+
+
+def gguf_adapter(path):
+    """llama.cpp takes a GGUF LoRA: train_lora.py sft writes adapter.gguf beside the peft files."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "adapter.gguf").is_file():
+            raise ValueError(f"{path} is a peft adapter without adapter.gguf: python train_lora.py gguf --adapter {path} "
+                             f"--base <model>.gguf, or use --backend transformers")
+        return str(path / "adapter.gguf")
+    return str(path)
 
 
 def trace_path(run_dir, job):
