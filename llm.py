@@ -330,8 +330,9 @@ class OpenAI:
     """An OpenAI-compatible server (vLLM, llama.cpp server, SGLang, hosted APIs). The API key comes
     from the env var api_key_env ("EMPTY" when unset, what local servers expect). model=None asks
     the server which model it serves. The client's own retries are off: a call is tried
-    1 + retries times, waiting backoff * 2**i seconds between tries, on connection errors,
-    timeouts, 408/409/429 and 5xx; then (or at once on other errors) it raises BackendError.
+    1 + retries times, waiting backoff * 2**i seconds between tries, on connection errors (a reply
+    cut off mid-way too), timeouts, malformed JSON, 408/409/429 and 5xx; then (or at once on other
+    errors) it raises BackendError.
     Safe to call from several threads (the client is; nothing else is shared)."""
 
     def __init__(self, model=None, *, base_url=None, api_key_env="OPENAI_API_KEY", timeout=TIMEOUT,
@@ -349,9 +350,11 @@ class OpenAI:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except (openai.APIConnectionError, openai.APIStatusError, IndexError) as e:
+            except (openai.APIConnectionError, openai.APIStatusError, openai.APIResponseValidationError,
+                    ValueError, IndexError) as e:  # ValueError: a body that is not JSON
                 status = getattr(e, "status_code", None)
-                transient = isinstance(e, openai.APIConnectionError) or status in (408, 409, 429) or (status or 0) >= 500
+                transient = (isinstance(e, (openai.APIConnectionError, ValueError)) or status in (408, 409, 429)
+                             or (status or 0) >= 500)
                 if not transient or attempt == self.retries:
                     detail = (str(e).splitlines() or [""])[0][:200]
                     raise BackendError(f"openai backend: {what} at {self.base_url} failed after {attempt + 1} "

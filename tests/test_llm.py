@@ -256,7 +256,8 @@ def test_openai_server_stopped_midrun():
 
 
 class TinyServer:
-    """Loopback HTTP server that answers every request with `status`, or (None) accepts and never answers."""
+    """Loopback HTTP server that answers every request with `status`, "garbage" (200 with a body that is
+    not JSON), "drop" (200 headers, then the connection closes mid-body), or (None) never answers."""
 
     def __init__(self, status=None):
         self.status, self.requests, self.conns = status, 0, []
@@ -280,9 +281,11 @@ class TinyServer:
                 length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))
                 while len(body) < length:
                     body += conn.recv(65536)
-                msg = json.dumps({"error": {"message": "broken on purpose"}}).encode()
+                code, msg = (200, b"{not json") if self.status in ("garbage", "drop") else \
+                    (self.status, json.dumps({"error": {"message": "broken on purpose"}}).encode())
+                length = len(msg) + (500 if self.status == "drop" else 0)  # "drop" promises more than it sends
                 conn.sendall(b"HTTP/1.1 %d Oops\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (self.status, len(msg), msg))
+                             b"Connection: close\r\n\r\n%s" % (code, length, msg))
                 conn.close()
 
     def close(self):
@@ -292,6 +295,7 @@ class TinyServer:
 
 
 @pytest.mark.parametrize("status, requests, error", [(None, 3, "APITimeoutError"), (500, 3, "InternalServerError"),
+                                                     ("garbage", 3, "JSONDecodeError"), ("drop", 3, "APIConnectionError"),
                                                      (400, 1, "BadRequestError")])
 def test_openai_bounded_retries_then_backend_error(status, requests, error):
     server = TinyServer(status)
