@@ -904,7 +904,8 @@ def main(argv=None):
             _, more = behaviour_figure(runs, out, args.paper)
             print("wrote " + ", ".join(map(str, paths + more)))
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)  # one line naming the fix, status 2 (as eval.py)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
