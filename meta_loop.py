@@ -158,7 +158,7 @@ def model_tag(model):
 def make_config(args, eval_argv):
     """Everything that defines the loop (written to config.json; a resumed run must match)."""
     if args.env not in envs.ENVS:
-        raise ValueError(f"--env {args.env}: choose one of {', '.join(envs.ENVS)}")
+        raise ValueError(f"--env {args.env or '(missing)'}: choose one of {', '.join(envs.ENVS)}")
     for flag in ("--env", "--scaffold", "--run-name", "--runs-dir", "--agent"):
         if any(a == flag or a.startswith(flag + "=") for a in eval_argv):
             raise ValueError(f"{flag} is set by meta_loop.py (the loop evaluates memory-agent scaffolds in its run folder)")
@@ -361,16 +361,21 @@ def trace_digest(eval_dir, budget):
         rest = [100 * e[2]["progression"] for e in episodes[shown:]]
         parts[-1] = clip(parts[-1], budget // shown - 120)
         parts.append(f"({len(rest)} more episodes not shown; progression {min(rest):.1f}..{max(rest):.1f} %)")
-    return "\n\n".join(parts) + "\n"
+    return re.sub(r"[\x00-\x08\x0b-\x1f]", "", "\n\n".join(parts)) + "\n"  # NLE texts can hold NULs
 
 
 def episode_digest(header, steps, end):
-    """One episode: outcome, events with their steps (EVENTS_SHOWN of each kind), final memory, one step verbatim."""
+    """One episode: outcome, events with their steps (EVENTS_SHOWN of each kind), memory, one step verbatim."""
     achieved = f"; achievements: {', '.join(end['achievements'])}" if end.get("achievements") else ""
     lines = [f"### {header['task']} seed {header['seed']}: progression {100 * end['progression']:.1f} %, "
              f"{end['steps']} steps, ended by {end['end_reason']}{achieved}"]
-    events = {k: [] for k in ("no new game state", "invalid action", "fallback", "sent back by check_action",
-                              "empty search", "redundant write", "progress")}
+    fallbacks = [t for t, s in enumerate(steps) if s.get("fallback")]
+    if fallbacks:
+        ended = [steps[t]["plan"]["ended"] for t in fallbacks]
+        lines.append(f"fallback: in {len(fallbacks)} of {len(steps)} steps ({spans(fallbacks)}) PLAN committed no action "
+                     f"({', '.join(f'{e} x{ended.count(e)}' for e in dict.fromkeys(ended))}); '{steps[fallbacks[0]]['action']}' ran")
+    events = {k: [] for k in ("no new game state", "invalid action", "sent back by check_action", "empty search",
+                              "redundant write", "progress")}
     texts = [s["observation"] for s in steps] + [end["final_observation"]]
     seen = [metrics.game_state(text, t > 0 and not steps[t - 1]["valid"]) for t, text in enumerate(texts)]
     # metrics.unproductive_rate's steps (stuck or back to a recent state), grouped into stretches
@@ -392,42 +397,51 @@ def episode_digest(header, steps, end):
             events["invalid action"].append(f"step {t}: {line(s['action'], 80)!r} is not an action "
                                             f"('{s['executed']}' ran)")
             example = t if example is None else example
-        if s.get("fallback"):
-            events["fallback"].append(f"step {t}: PLAN ended by {s['plan']['ended']} without an action; "
-                                      f"fallback '{s['action']}' ran")
-        events["sent back by check_action"] += [f"step {t}: {a!r} sent back: {line(r, 120)}" for a, r in s.get("gate", [])]
-        for routine in ("log", "plan"):
-            for call in (s.get(routine) or {}).get("turns", []):
-                for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
-                    if name == "SEARCH" and r["ok"] and r["matches"] == 0:
-                        events["empty search"].append(f"step {t} {routine.upper()}: SEARCH {line('|'.join(args), 80)} "
-                                                      f"found nothing")
-                    if r.get("redundant"):
-                        events["redundant write"].append(f"step {t} {routine.upper()}: {name} "
-                                                         f"{line('|'.join(args), 80)} was already there")
+        events["sent back by check_action"] += [f"step {t}: {g['action']!r} sent back: {line(g['reason'], 120)}"
+                                                for g in s.get("gate", [])]
+        for routine, call, _ in automem.model_calls(header, s):
+            # zip: the op that ended the routine (ACTION, DONE) has no result
+            for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
+                if name == "SEARCH" and r["ok"] and r["matches"] == 0:
+                    events["empty search"].append(f"step {t} {routine.upper()}: SEARCH {line('|'.join(args), 80)} "
+                                                  f"found nothing")
+                if r.get("redundant"):
+                    events["redundant write"].append(f"step {t} {routine.upper()}: {name} "
+                                                     f"{line('|'.join(args), 80)} was already there")
         if s["progression"] > (steps[t - 1]["progression"] if t else 0.0):
             events["progress"].append(f"step {t}: {s['action']!r} -> progression {100 * s['progression']:.1f} %")
     for kind, found in events.items():
         if found:
             more = [f"... {len(found) - EVENTS_SHOWN} more"] if len(found) > EVENTS_SHOWN else []
             lines.append(f"{kind} ({len(found)}):\n  " + "\n  ".join(found[:EVENTS_SHOWN] + more))
-    lines.append("final observation:\n  " + clip(end["final_observation"], 600).replace("\n", "\n  "))
-    memory = end.get("memory") or {}
-    lines.append("memory at the end: " + ("; ".join(
-        f"{name} ({text.count(chr(10))} lines){': ' + line(text[-160:], 160) if text else ''}"
-        for name, text in memory.items()) or "(none)"))
-    t = example if example is not None else 0
+    memory, initial = end.get("memory") or {}, header.get("files") or {}
+    changed = [f"{name} ({text.count(chr(10))} lines): ...{line(text[-160:], 160)}"
+               for name, text in memory.items() if text != initial.get(name)]
+    lines.append(f"memory at the end: {len(memory) - len(changed)} of {len(memory)} files as at the start"
+                 + ("; changed: " + "; ".join(changed) if changed else ""))
     if steps:
-        lines.append(step_verbatim(t, steps[t]))
+        t = example if example is not None else 0
+        lines.append(step_verbatim(header, t, steps[t]))
+    lines.append("final observation:\n  " + clip(end["final_observation"], 400).replace("\n", "\n  "))
     return "\n".join(lines)
 
 
-def step_verbatim(t, s):
+def spans(ts):
+    """Sorted step numbers as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
+    out = []
+    for i, t in enumerate(ts):
+        if i and t == ts[i - 1] + 1:
+            out[-1][1] = t
+        else:
+            out.append([t, t])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
+
+
+def step_verbatim(header, t, s):
     """One step as the model saw and answered it (clipped), so the meta-LLM sees real replies."""
-    lines = [f"step {t} verbatim: observation:\n  " + clip(s["observation"], 700).replace("\n", "\n  ")]
-    for routine in ("log", "plan"):
-        for i, call in enumerate((s.get(routine) or {}).get("turns", [])):
-            lines.append(f"  {routine.upper()} reply {i + 1}: {line(call['reply'], 300)!r}")
+    lines = [f"step {t} verbatim: observation:\n  " + clip(s["observation"], 500).replace("\n", "\n  ")]
+    for routine, call, _ in automem.model_calls(header, s):
+        lines.append(f"  {routine.upper()} reply: {line(call['reply'], 300)!r}")
     lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")
     return "\n".join(lines)
 
@@ -847,7 +861,7 @@ def report(runs_dir, scaffolds_dir, env=None):
             continue
         out += [f"## {env_name}: versions in {rel(Path(scaffolds_dir) / env_name)}", "",
                 "| version | parent | progression % | parent's % | made by | rationale |", "| --- | --- | --- | --- | --- | --- |"]
-        for n, d in sorted(found.items()):
+        for _, d in sorted(found.items()):
             meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else None
             out.append(f"| {d.name} | {meta['parent']} | {score_text(meta['score'])} | {score_text(meta['parent_score'])} | "
                        f"{meta['run']} iter{meta['iteration']} | {cell(line(meta['rationale'], 120))} |" if meta else
