@@ -889,7 +889,7 @@ def main(argv=None):
     args, eval_argv = parse_args(argv)
     if args.report:
         if eval_argv:
-            sys.exit(f"error: --report takes only --env, --runs-dir and --scaffolds-dir, not {' '.join(eval_argv)}")
+            evaluation.fail(f"--report takes only --env, --runs-dir and --scaffolds-dir, not {' '.join(eval_argv)}")
         print(report(args.runs_dir, args.scaffolds_dir, args.env))
         return
     try:
@@ -898,7 +898,7 @@ def main(argv=None):
         print(f"loop {run_dir}: {args.iterations} iterations")
         run_loop(config, run_dir, args.iterations)
     except (ValueError, FileNotFoundError, llm.BackendError) as e:
-        sys.exit(f"error: {e}")
+        evaluation.fail(e)
     print(report(args.runs_dir, config["scaffolds_dir"], config["env"]))
 
 

@@ -246,12 +246,13 @@ def test_missing_meta_clients_say_how_to_get_them(tmp_path, monkeypatch):
             meta_loop.ask_meta({**meta, "backend": "anthropic"}, "hi", 0, tmp_path)
 
 
-def test_bad_input_is_one_line(tmp_path):
+def test_bad_input_is_one_line(tmp_path, capsys):
     for argv, message in [(["--env", "atari"], "choose one of crafter"), (["--env", "crafter", "--agent", "cot"], "--agent is set"),
                           (["--env", "crafter", "--meta-backend", "openai"], "needs --meta-model")]:
         with pytest.raises(SystemExit) as e:
             meta_loop.main(argv + ["--runs-dir", str(tmp_path)])
-        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 @pytest.mark.slow
