@@ -69,7 +69,10 @@ def load_scaffold(path):
     for key in ("name", "env", "prompts", "files", "ops"):
         if key not in spec:
             raise ValueError(f"{yaml_path}: missing key '{key}'")
-    prompts = spec["prompts"]
+    prompts, ops = spec["prompts"], spec["ops"]
+    for key, value in (("prompts", prompts), ("ops", ops)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{yaml_path}: {key} must be a mapping (see scaffolds/<env>/v0/scaffold.yaml)")
     for name, allowed in PLACEHOLDERS.items():
         if not isinstance(prompts.get(name), str):
             raise ValueError(f"{yaml_path}: prompts.{name} must be a string")
@@ -81,7 +84,6 @@ def load_scaffold(path):
         if unknown:
             raise ValueError(f"{yaml_path}: prompts.{name} uses unknown placeholder(s) {sorted(unknown)}; "
                              f"allowed: {sorted(allowed)}")
-    ops = spec["ops"]
     aliases = spec.get("aliases") or {}
     known = set(memory_fs.OPS) | set(aliases)
     for routine in ("log", "plan"):

@@ -133,6 +133,7 @@ def test_sliding_window_keeps_16_messages(tmp_path):
     (lambda y: y.replace("Your previous action (step {step})", "Your previous action {oops}"), "unknown placeholder"),
     (lambda y: y.replace("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]"), "ACTION"),
     (lambda y: y.replace("  log: [READ,", "  log: [FLY, READ,"), "FLY"),
+    (lambda y: y.replace("\nops:\n", "\nops: [READ]\nunused:\n"), "ops must be a mapping"),
 ])
 def test_scaffold_validation(tmp_path, edit, message):
     shutil.copytree(CRAFTER_V0, tmp_path / "s")

@@ -341,8 +341,10 @@ def test_table_numbers(runs, tmp_path, capsys):
     tasks = list(csv.DictReader(open(tmp_path / "out" / "minihack_tasks.csv")))
     assert {(r["task"], float(r["mean"])) for r in tasks} == {("MiniHack-MazeWalk-9x9-v0", 50.0),
                                                               ("MiniHack-Corridor-R3-v0", 0.0)}
-    with pytest.raises(SystemExit, match="no run directory"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         report.main(["table", str(tmp_path / "not-a-run")])
+    assert e.value.code == 2 and "error: no run directory" in capsys.readouterr().err
 
 
 def test_figures_plot_the_numbers(runs, tmp_path):
@@ -381,12 +383,14 @@ def test_replay_page_is_self_contained(traces, tmp_path):
     assert len(pngs) == len(view["frame_steps"]) >= 2 and pngs[0] in page
 
 
-def test_replay_cli_errors(tmp_path):
-    with pytest.raises(SystemExit, match="no trace at"):
+def test_replay_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         report.main(["replay", str(tmp_path / "missing.jsonl")])
+    assert e.value.code == 2 and "error: no trace at" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="not an episode trace"):
+    with pytest.raises(SystemExit):
         report.main(["replay", str(tmp_path / "empty.jsonl")])
+    assert "not an episode trace" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
