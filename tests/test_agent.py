@@ -134,6 +134,7 @@ def test_sliding_window_keeps_16_messages(tmp_path):
     (lambda y: y.replace("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]"), "ACTION"),
     (lambda y: y.replace("  log: [READ,", "  log: [FLY, READ,"), "FLY"),
     (lambda y: y.replace("\nops:\n", "\nops: [READ]\nunused:\n"), "ops must be a mapping"),
+    (lambda y: y.replace("grammar: false", "grammar: maybe"), "grammar must be true or false"),
 ])
 def test_scaffold_validation(tmp_path, edit, message):
     shutil.copytree(CRAFTER_V0, tmp_path / "s")
@@ -141,6 +142,22 @@ def test_scaffold_validation(tmp_path, edit, message):
     path.write_text(edit(path.read_text()))
     with pytest.raises(ValueError, match=message):
         automem.load_scaffold(tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_grammar_makes_the_embedded_model_write_ops_and_valid_actions(tmp_path, game):
+    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold["grammar"] = True
+    scaffold["limits"].update(log_turns=2, plan_turns=2, max_tokens=48)
+    agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem")
+    automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
+    _, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    assert all(not r["fallback"] and r["valid"] and r["action"] in game.actions for r in recs)
+    for r in recs:
+        for routine in ("log", "plan"):
+            allowed = set(scaffold["ops"][routine]) | {"DONE", "ACTION"}
+            turns = (r.get(routine) or {}).get("turns", [])
+            assert all(turn["ops"] and {name for name, _ in turn["ops"]} <= allowed for turn in turns)
 
 
 def test_v0_scaffolds_load_and_fit_their_envs():

@@ -72,6 +72,7 @@ def test_same_seeds_same_numbers(tmp_path):
     (["--env", "minihack", "--scaffold", "scaffolds/crafter/v0"], "pass --env crafter"),
     (["--scaffold", "no/such/dir"], "no scaffold at"),
     (["--backend", "openai"], "needs --model"),
+    (["--grammar", "on", "--backend", "transformers"], "no grammar-constrained decoding"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -95,3 +96,50 @@ def test_changed_config_does_not_clobber_a_run(tmp_path, capsys):
         evaluation.main(["--env", "crafter", "--max-steps", "5", "--runs-dir", str(tmp_path), "--run-name", "r"])
     assert "holds a different run" in capsys.readouterr().err
     assert (run_dir / "results.json").read_text() == before
+
+
+def replies(run_dir):
+    """Every model reply of a run, per trace file."""
+    out = {}
+    for path in sorted((run_dir / "traces").glob("*/*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        out[path.name] = [t["reply"] for s in lines if s["type"] == "step"
+                          for routine in ("log", "plan") for t in (s.get(routine) or {}).get("turns", [])]
+    return out
+
+
+TINY = ["--env", "crafter", "--max-steps", "2", "--episodes", "2", "--log-turns", "1", "--plan-turns", "1",
+        "--max-tokens", "12", "--n-ctx", "2048", "--no-replay"]
+
+
+@pytest.mark.slow
+def test_process_workers_give_the_sequential_run(tmp_path):
+    """--workers 2 on the in-process llama.cpp backend: two spawned processes give the replies of one
+    worker (llama.cpp is bit-identical for one thread count, so both pin it)."""
+    evaluation.WORKER.clear()
+    evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--run-name", "one", "--threads", "1"])
+    evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--run-name", "two", "--threads", "1", "--workers", "2"])
+    one, two = replies(tmp_path / "one"), replies(tmp_path / "two")
+    assert len(one) == 2 and all(one.values()) and one == two
+
+
+@pytest.mark.slow
+def test_thread_workers_against_a_server(tmp_path):
+    """--workers 2 with the openai backend: episodes share one client against a real llama.cpp server."""
+    from test_llm import start_server, stop_server
+    proc, url = start_server()
+    try:
+        evaluation.WORKER.clear()
+        evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--run-name", "r", "--workers", "2",
+                                "--backend", "openai", "--base-url", url, "--model", "smollm2"])
+    finally:
+        stop_server(proc)
+    results = json.loads((tmp_path / "r" / "results.json").read_text())["envs"]["crafter"]
+    assert results["episodes"] == 2 and results["steps"] == 4 and all(replies(tmp_path / "r").values())
+
+
+def test_worker_that_cannot_load_the_model_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--workers", "2", "--model", str(tmp_path / "no.gguf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: no GGUF file at") and err.count("\n") == 1

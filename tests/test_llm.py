@@ -83,10 +83,13 @@ def test_llamacpp_context_overflow_trims_instead_of_crashing():
     assert r.prompt_tokens <= 512 - 128 and r.prompt_tokens + r.completion_tokens <= 512
 
 
-def test_llamacpp_grammar_constrains_the_reply():
+def test_llamacpp_grammar_per_call(smol):
     gbnf = 'root ::= "<|ACTION|>" ("north" | "south") "<|END|>"'
-    r = llm.load("llamacpp", n_ctx=1024, grammar=gbnf).chat(ASK, max_tokens=20, seed=5)
-    assert re.fullmatch(r"<\|ACTION\|>(north|south)<\|END\|>", r.text)
+    shape = r"<\|ACTION\|>(north|south)<\|END\|>"
+    assert re.fullmatch(shape, smol.chat(ASK, max_tokens=20, seed=5, grammar=gbnf).text)
+    assert not re.fullmatch(shape, smol.chat(ASK, max_tokens=20, seed=5).text)  # the next call is free again
+    with pytest.raises(ValueError, match="invalid GBNF grammar"):
+        smol.chat(ASK, grammar="root ::= (")
 
 
 def test_llamacpp_bad_input_errors(smol, tmp_path):
@@ -175,6 +178,8 @@ def test_transformers_gguf_on_cpu_with_switchable_adapter(smol, lora_dir):
     assert t.chat(ASK, max_tokens=40, stop=["Paris"]).text == base.text.split("Paris")[0]
     with pytest.raises(ValueError, match="unknown adapter 'other'"):
         t.chat(ASK, adapter="other")
+    with pytest.raises(ValueError, match="no grammar-constrained decoding"):
+        t.chat(ASK, grammar='root ::= "x"')
 
 
 def test_transformers_4bit_needs_cuda():
@@ -242,6 +247,8 @@ def test_openai_reply_and_parallel_calls(server):
     with ThreadPoolExecutor(3) as pool:  # parallel episodes share one backend
         replies = list(pool.map(lambda s: o.chat(ASK, seed=s), range(3)))
     assert all(x.text.strip() for x in replies)
+    constrained = o.chat(ASK, seed=1, max_tokens=40, grammar='root ::= "<|ACTION|>" ("north" | "south") "<|END|>"')
+    assert re.fullmatch(r"<\|ACTION\|>(north|south)<\|END\|>", constrained.text)  # the server applied it
 
 
 def test_openai_server_stopped_midrun():

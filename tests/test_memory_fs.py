@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memory_fs import OPS, READ_OPS, WRITE_OPS, MemoryFS, Op, format_results, parse_ops  # noqa: E402
+from memory_fs import OPS, READ_OPS, WRITE_OPS, MemoryFS, Op, format_results, grammar, parse_ops  # noqa: E402
 
 ALIASES = {"UPSERT_MAP": {"op": "UPSERT", "file": "dungeon_map.txt", "key": "({0}):"}}
 LOG = READ_OPS + WRITE_OPS + ("DONE", "UPSERT_MAP")
@@ -384,3 +384,40 @@ def test_random_op_sequences_keep_invariants(ops):
         assert sorted(os.listdir(root / "mem")) == fs.names()
         assert {n: (root / "mem" / n).read_bytes().decode() for n in fs.names()} == fs.snapshot()
         assert MemoryFS(root / "mem", **caps).snapshot() == fs.snapshot() == replay.snapshot()
+
+
+# -- grammar-constrained decoding ------------------------------------------------------------
+
+def test_grammar_rules():
+    log = grammar(LOG, ALIASES, ["a.txt", "dungeon_map.txt"])
+    assert log.startswith('root ::= (op "\\n"){0,3} op ("\\n<|DONE|>")? | "<|DONE|>"\n')
+    assert 'op-upsert-map ::= "<|UPSERT_MAP|>" word "|" text "<|END|>"' in log  # the alias's key field, then text
+    assert 'file ::= "a.txt" | "dungeon_map.txt"' in log and "ACTION|>" not in log
+    plan = grammar(PLAN, files=["a.txt"], actions=["Move West", 'say "hi"'])
+    assert 'action ::= "Move West" | "say \\"hi\\""' in plan and "op-append" not in plan
+    assert grammar(["ACTION"], actions=["Do"]).startswith('root ::= "<|ACTION|>" action "<|END|>"\n')
+    with pytest.raises(ValueError, match="FLY"):
+        grammar(["FLY"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ops,actions", [(LOG, None), (PLAN, ["Move West", "Do", "Place Stone"])])
+def test_grammar_replies_are_allowed_well_formed_ops(tmp_path, ops, actions):
+    """What a real model writes under the grammar parses back, op for op, into allowed ops that run."""
+    import llm
+    model = llm.load("llamacpp", n_ctx=2048)
+    files = {"notes.txt": "tree at (3,4)\n", "dungeon_map.txt": ""}
+    gbnf = grammar(ops, ALIASES, files, actions)
+    ask = [{"role": "system", "content": "Memory commands: <|READ|>file<|END|>, <|APPEND|>file|text<|END|>, "
+                                         "<|ACTION|>name<|END|> and more."},
+           {"role": "user", "content": "You see a tree to the west. Use your memory."}]
+    for seed in range(6):
+        fs = MemoryFS(tmp_path / str(seed), files)
+        r = model.chat(ask, max_tokens=160, seed=seed, grammar=gbnf)
+        found = parse_ops(r.text, ALIASES)
+        complete = r.completion_tokens < 160  # a reply cut at max_tokens ends mid-op
+        assert found and (not complete or "\n".join(op.raw for op in found) == r.text), r.text
+        for op in found[:len(found) - (not complete)]:
+            result = fs.execute(op, ops)
+            assert result.ok or "already exists" in result.text, result.text
+            assert op.name != "ACTION" or op.args[0] in actions
