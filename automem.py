@@ -135,7 +135,7 @@ class Context:
 def chat(llm, messages, adapter, max_tokens, seed, grammar=None):
     """One model call, timed; returns (reply text, call record)."""
     reply = llm.chat(messages, adapter=adapter, max_tokens=max_tokens, seed=seed, grammar=grammar)
-    return reply.text, {"reply": reply.text, "prompt_tokens": reply.prompt_tokens,
+    return reply.text, {"reply": reply.text, "seed": seed, "prompt_tokens": reply.prompt_tokens,
                         "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 4)}
 
 

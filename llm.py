@@ -41,6 +41,7 @@ import importlib.util
 import os
 import threading
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,8 @@ class LlamaCpp:
         text = lambda t: self.llm.detokenize([t], special=True).decode() if t != -1 else ""
         self.format = Jinja2ChatFormatter(template, eos_token=text(self.llm.token_eos()),
                                           bos_token=text(self.llm.token_bos()))
+        # Free the model with this backend, and at exit before modules unload (Llama.__del__ then fails noisily).
+        weakref.finalize(self, self.llm.close)
         self.grammars = {}  # GBNF text -> parsed grammar (an agent uses a handful: per routine and file set)
         self.prompt = []  # the previous call's prompt tokens, whose KV blocks the next call may reuse
         self.lock = threading.Lock()  # one Llama context: calls take turns

@@ -252,7 +252,8 @@ op results shown between calls. If PLAN never commits, fallback_action (default:
 
 scaffold.yaml keys: name, env ({env}), limits, ops (log: [...], plan: [... including ACTION]), aliases, files
 (initial memory files, name: text), prompts (system, log, log_continue, plan, plan_continue), optional
-fallback_action. Prompts are Python str.format templates: write a literal brace as {{{{ or }}}}. Placeholders
+fallback_action, optional grammar (true: every reply is constrained to well-formed ops and valid action names,
+with no free text; helps weak models, removes room to reason). Prompts are Python str.format templates: write a literal brace as {{{{ or }}}}. Placeholders
 allowed in each prompt: {placeholders}.
 Ops: READ, SEARCH, TAIL, COUNT, APPEND, WRITE, CREATE, UPSERT, DONE, ACTION. An alias names a shortcut, e.g.
 aliases: {{UPSERT_MAP: {{op: UPSERT, file: dungeon_map.txt, key: "({{0}}):"}}}} makes <|UPSERT_MAP|>3,4|door<|END|>

@@ -1,7 +1,8 @@
 """
 bench/step_cost.py: the cost side of the paper's table. Seconds, LLM calls and prompt/completion
-tokens per env step for the memory agent (v0) vs the sliding-window and chain-of-thought
-baselines, with the embedded model, through eval.py (one episode, a few steps, one task per env).
+tokens per env step for the memory agent (v0, free and grammar-constrained replies) vs the
+sliding-window and chain-of-thought baselines, with the embedded model, through eval.py (one
+episode, a few steps, the quick limits, one task per env).
 
     python bench/step_cost.py --env all
     python bench/step_cost.py --env crafter --max-steps 8
@@ -14,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_TASK = {"crafter": "default", "minihack": "MiniHack-MazeWalk-9x9-v0", "nethack": "NetHackChallenge-v0"}
-AGENTS = ("memory", "window", "cot")
+AGENTS = {"memory": [], "memory+grammar": ["--grammar", "on"], "window": ["--agent", "window"],
+          "cot": ["--agent", "cot"]}
 
 
 def main():
@@ -25,9 +27,9 @@ def main():
     args = p.parse_args()
     rows = []
     for env in FIRST_TASK if args.env == "all" else [args.env]:
-        for agent in AGENTS:
-            name = f"bench-step-cost-{env}-{agent}-{args.max_steps}"
-            subprocess.run([sys.executable, str(ROOT / "eval.py"), "--env", env, "--agent", agent, "--quick",
+        for agent, flags in AGENTS.items():
+            name = f"bench-step-cost-{env}-{agent.replace('+', '-')}-{args.max_steps}"
+            subprocess.run([sys.executable, str(ROOT / "eval.py"), "--env", env, *flags, "--quick", "--no-replay",
                             "--task", FIRST_TASK[env], "--max-steps", str(args.max_steps), "--run-name", name],
                            check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             b = json.loads((ROOT / "runs" / name / "results.json").read_text())["envs"][env]["behaviour"]

@@ -8,6 +8,7 @@ import pytest
 import automem
 import envs
 import llm
+from test_llm import lora_dir  # noqa: F401 (a fixture: a LoRA adapter shaped for SmolLM2)
 
 ROOT = Path(__file__).resolve().parent.parent
 CRAFTER_V0 = ROOT / "scaffolds" / "crafter" / "v0"
@@ -110,6 +111,30 @@ def test_two_model_split(tmp_path, game):
     # the base model continues the same chat, which holds the consultation's search result
     assert "[SEARCH strategy.txt|tree]" in plan0[1]["messages"][0]["content"]
     assert plan0[2]["messages"][0]["role"] == "user" and len(plan0[2]["messages"]) == 1
+
+
+@pytest.mark.slow
+def test_two_model_split_on_transformers_keeps_the_action_call_base_only(tmp_path, game, lora_dir):
+    """One SmolLM2 with a LoRA adapter: LOG replies come from the adapter and differ from the base
+    model's; every committed-action call is byte-identical to a base-only model's on the same messages."""
+    split = llm.load("transformers", adapters={"memory": lora_dir})
+    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold["limits"].update(log_turns=1, plan_turns=3, max_tokens=16)
+    scaffold["prompts"]["system"] = "Use <|SEARCH|>file|word<|END|> and <|ACTION|>name<|END|>. Actions: {actions}"  # short: CPU time
+    agent = automem.Agent(scaffold, split, game, tmp_path / "mem", memory_adapter="memory", seed=7)
+    automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=2)
+    header, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    base_only = llm.load("transformers")  # a second copy without adapters
+    log_differs = base_calls = 0
+    for r in recs:
+        for routine, turn, messages in automem.model_calls(header, r):
+            again = base_only.chat(messages, max_tokens=16, seed=turn["seed"]).text
+            if turn["model"] == "base":
+                base_calls += 1
+                assert again == turn["reply"]  # byte-identical: the adapter is off for the world action
+            elif routine == "log":
+                log_differs += again != turn["reply"]
+    assert base_calls and log_differs
 
 
 @pytest.mark.parametrize("kind,reply,action", [("window", "Move West.", "Move West"),

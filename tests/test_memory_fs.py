@@ -411,7 +411,7 @@ def test_grammar_replies_are_allowed_well_formed_ops(tmp_path, ops, actions):
     ask = [{"role": "system", "content": "Memory commands: <|READ|>file<|END|>, <|APPEND|>file|text<|END|>, "
                                          "<|ACTION|>name<|END|> and more."},
            {"role": "user", "content": "You see a tree to the west. Use your memory."}]
-    for seed in range(6):
+    for seed in range(4):
         fs = MemoryFS(tmp_path / str(seed), files)
         r = model.chat(ask, max_tokens=160, seed=seed, grammar=gbnf)
         found = parse_ops(r.text, ALIASES)
