@@ -291,7 +291,12 @@ class Agent:
             window[-2]["content"] = "Previous plan:\n" + self.last_reply
         window[-1]["content"] = f"Current Observation:\n{obs.short}\n{long}\n\n" + BASELINE_ASK[self.kind]
         messages = [{"role": "user", "content": self.game.instruction}] + window
-        reply, call = chat(self.llm, messages, None, self.limits["max_tokens"], self.call_seed(step, self.kind, 0))
+        # the thought line stays within the token budget (a token holds at least one character)
+        thought = max(1, min(1000, self.limits["max_tokens"] - 16))
+        grammar = (BASELINE_GRAMMAR[self.kind].format(thought=thought) + "\naction ::= "
+                   + memory_fs.choice(self.game.actions) + "\n" if self.scaffold["grammar"] else None)
+        reply, call = chat(self.llm, messages, None, self.limits["max_tokens"], self.call_seed(step, self.kind, 0),
+                           grammar)
         call["messages"] = messages
         answer = reply.rsplit("ACTION:", 1)[-1] if self.kind == "cot" else reply
         # Unlike BALROG's letters-only filter, keep digits (NetHack answers) and strip only edge punctuation.
@@ -300,6 +305,10 @@ class Agent:
         return action, {"plan": {"turns": [call], "ended": "action", "action": action}, "fallback": False, "writes": []}
 
 
+BASELINE_GRAMMAR = {  # with grammar on: an action name alone, or a line of thought and then the action line
+    "window": "root ::= action",
+    "cot": 'root ::= ([^\\n]{{1,{thought}}} "\\n")? "ACTION: " action',
+}
 BASELINE_ASK = {
     "window": "Reply with exactly one of the valid action names and nothing else.",
     "cot": "Think step by step about the best action, then end your reply with one line: ACTION: <valid action name>",

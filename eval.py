@@ -111,7 +111,7 @@ def make_config(args):
             raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
         scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0")
         grammar = {"on": True, "off": False}.get(args.grammar, scaffold["grammar"])
-        if grammar and args.agent == "memory" and not llm.BACKENDS[args.backend].GRAMMAR:
+        if grammar and not llm.BACKENDS[args.backend].GRAMMAR:
             raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
         scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"], "hash": scaffold["hash"]}
         seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]

@@ -555,10 +555,15 @@ def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str
     names = [n for n in files if NAME.fullmatch(n)]
     actions = list(actions) if actions is not None else None
     rules.update({
-        "file": " | ".join(map(json.dumps, names)) or "new-file",  # GBNF string escapes are JSON's
+        "file": choice(names) or "new-file",
         "any-file": 'file | "*"',
         "new-file": '[A-Za-z0-9] [A-Za-z0-9_-]{0,39} ".txt"',
         "word": "[^|<\\n ] [^|<\\n]{0,39}",  # a word or phrase, starting with a non-space
         "text": f"[^<\\n ] [^<\\n]{{0,{GRAMMAR_TEXT - 1}}}",
-        "action": " | ".join(map(json.dumps, actions)) if actions else "[^<\\n]{1,60}"})
+        "action": choice(actions) if actions else "[^<\\n]{1,60}"})
     return "\n".join([f"root ::= {' | '.join(alternatives)}"] + [f"{k} ::= {v}" for k, v in rules.items()]) + "\n"
+
+
+def choice(strings: Iterable[str]) -> str:
+    """A GBNF alternative of literal strings (GBNF string escapes are JSON's)."""
+    return " | ".join(map(json.dumps, strings))

@@ -185,6 +185,20 @@ def test_grammar_makes_the_embedded_model_write_ops_and_valid_actions(tmp_path, 
             assert all(turn["ops"] and {name for name, _ in turn["ops"]} <= allowed for turn in turns)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["window", "cot"])
+def test_grammar_for_the_baselines(tmp_path, game, kind):
+    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold["grammar"] = True
+    scaffold["limits"]["max_tokens"] = 48
+    agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem", kind=kind)
+    automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=2)
+    _, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    assert all(r["valid"] and r["action"] in game.actions for r in recs)
+    reply = recs[0]["plan"]["turns"][0]["reply"]
+    assert reply == recs[0]["action"] if kind == "window" else reply.endswith("ACTION: " + recs[0]["action"])
+
+
 def test_v0_scaffolds_load_and_fit_their_envs():
     for env in envs.ENVS:
         s = automem.load_scaffold(ROOT / "scaffolds" / env / "v0")
