@@ -40,17 +40,35 @@ from pathlib import Path
 import numpy as np
 
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    warnings.simplefilter("ignore")  # gym 0.23 prints an "unmaintained" notice; minihack warns about pkg_resources
+    warnings.simplefilter("ignore")  # crafter imports gym 0.23, which prints an "unmaintained" notice
     import crafter
-    try:  # balrog-nle has only a CPython 3.11 Linux x86-64 wheel; without it Crafter still runs
-        import gym
-        import minihack  # registers the MiniHack-* gym ids
-        import minihack.envs.boxohack
-        from nle import nethack, nle_language_obsv
-        from nle.language_wrapper.wrappers.nle_language_wrapper import NLELanguageWrapper
-        NLE_MISSING = None
-    except ImportError as e:
-        NLE_MISSING = f"NetHack and MiniHack need balrog-nle==0.9.0 and minihack==0.1.6 on CPython 3.11 (bash install.sh): {e}"
+NLE_MISSING = None  # load_nle() sets it to the reason when NLE or MiniHack cannot be imported
+
+
+def load_nle():
+    """Import NLE and MiniHack on first use (about 2 s, mostly minihack's `inflect`; Crafter runs skip
+    it) and build the NetHack action tables. Returns NLE_MISSING: None once they are loaded."""
+    global gym, minihack, nethack, nle_language_obsv, NLELanguageWrapper, NLE_MISSING, KEYS, NLE_NAMES, NETHACK_ACTIONS
+    if NLE_MISSING or "KEYS" in globals():
+        return NLE_MISSING
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # minihack warns about pkg_resources
+        try:  # balrog-nle has only a CPython 3.11 Linux x86-64 wheel; without it Crafter still runs
+            import gym
+            import minihack  # registers the MiniHack-* gym ids
+            import minihack.envs.boxohack
+            from nle import nethack, nle_language_obsv
+            from nle.language_wrapper.wrappers.nle_language_wrapper import NLELanguageWrapper
+        except ImportError as e:
+            NLE_MISSING = f"NetHack and MiniHack need balrog-nle==0.9.0 and minihack==0.1.6 on CPython 3.11 (bash install.sh): {e}"
+            return NLE_MISSING
+    KEYS = {alias: int(enum) for enum, aliases in NLELanguageWrapper.all_nle_action_map.items() for alias in aliases}
+    NLE_NAMES = [names[0] for enum, names in NLELanguageWrapper.all_nle_action_map.items()
+                 if enum in nethack.USEFUL_ACTIONS]  # 86 command names
+    NETHACK_ACTIONS = (NLE_NAMES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+                       + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+                       + [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)])  # 248, BALROG's order
+    return None
 
 ENVS = ("crafter", "minihack", "nethack")
 BOXOBAN_TASKS = ["MiniHack-Boxoban-Hard-v0", "MiniHack-Boxoban-Medium-v0"]
@@ -221,13 +239,6 @@ def _crafter_frame(game):
 
 
 # ----------------------------------------------------------------------------- NetHack and MiniHack
-if NLE_MISSING is None:
-    KEYS = {alias: int(enum) for enum, aliases in NLELanguageWrapper.all_nle_action_map.items() for alias in aliases}
-    NLE_NAMES = [names[0] for enum, names in NLELanguageWrapper.all_nle_action_map.items()
-                 if enum in nethack.USEFUL_ACTIONS]  # 86 command names
-    NETHACK_ACTIONS = (NLE_NAMES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-                       + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-                       + [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)])  # 248, BALROG's order
 BLSTATS = ["x", "y", "strength_percentage", "strength", "dexterity", "constitution", "intelligence", "wisdom",
            "charisma", "score", "hitpoints", "max_hitpoints", "depth", "gold", "energy", "max_energy",
            "armor_class", "monster_level", "experience_level", "experience_points", "time", "hunger_state",
@@ -479,6 +490,8 @@ def tasks(env, boxoban_dir=None):
     if env == "nethack":
         return ["NetHackChallenge-v0"]
     if env == "minihack":
+        if load_nle():
+            raise ValueError(NLE_MISSING)
         try:
             _boxoban_levels(boxoban_dir)
             return list(MINIHACK_TASKS)
@@ -498,6 +511,6 @@ def make(env, task=None, max_steps=None, boxoban_dir=None):
         raise ValueError(f"{env} has one task, {default!r}, not {task!r}")
     if env == "minihack" and not task.startswith("MiniHack-"):
         raise ValueError(f"unknown MiniHack task {task!r}: use one of {', '.join(MINIHACK_TASKS)}")
-    if env != "crafter" and NLE_MISSING:
+    if env != "crafter" and load_nle():
         raise ValueError(NLE_MISSING)
     return Game(env, task, max_steps, boxoban_dir)
