@@ -113,7 +113,8 @@ def make_config(args):
         grammar = {"on": True, "off": False}.get(args.grammar, scaffold["grammar"])
         if grammar and not llm.BACKENDS[args.backend].GRAMMAR:
             raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
-        scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"], "hash": scaffold["hash"]}
+        scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"],
+                           "hash": scaffold["hash"], "grammar": grammar}  # the scaffold's setting, or --grammar's
         seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]
         tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
         if args.task:
@@ -139,7 +140,6 @@ def make_config(args):
     return {
         "run_name": args.run_name or tag,
         "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits,
-        "grammar": {"on": True, "off": False}.get(args.grammar),  # None: each scaffold's own setting
         "max_steps": args.max_steps or quick.get("max_steps"),
         "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
                     "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx,
@@ -203,8 +203,7 @@ def run_job(config, run_dir, job):
     base, memory_llm, memory_adapter = load_models(config)
     scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"])
     scaffold["limits"].update(config["limits"])
-    if config.get("grammar") is not None:
-        scaffold["grammar"] = config["grammar"]
+    scaffold["grammar"] = config["scaffolds"][job["env"]]["grammar"]
     game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"])
     name = f"{job['task']}__{job['episode']:02d}"
     agent = automem.Agent(scaffold, base, game, Path(run_dir) / "memory" / job["env"] / name, kind=config["agent"],
@@ -347,6 +346,12 @@ def main(argv=None):
                 bar.update()
     bar.close()
     print(summarize(config, run_dir))
+    results = json.loads((run_dir / "results.json").read_text())["envs"]
+    unconstrained = [env for env, r in results.items()
+                     if (r["behaviour"]["fallback_rate"] or 0) > 0.5 and not config["scaffolds"][env]["grammar"]]
+    if config["agent"] == "memory" and unconstrained:
+        print(f"note: {', '.join(unconstrained)}: PLAN rarely committed an action (fallback rate above 0.5); "
+              f"a model too small for the op syntax follows it with --grammar on")
     first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
     if first and not args.no_replay:  # see what the agent did: python report.py replay <trace> for any other episode
         import report  # matplotlib and PIL load only when a replay is written

@@ -113,7 +113,7 @@ TINY = ["--env", "crafter", "--max-steps", "2", "--episodes", "2", "--log-turns"
 
 
 @pytest.mark.slow
-def test_process_workers_give_the_sequential_run(tmp_path):
+def test_process_workers_give_the_sequential_run(tmp_path, capsys):
     """--workers 2 on the in-process llama.cpp backend: two spawned processes give the replies of one
     worker (llama.cpp is bit-identical for one thread count, so both pin it)."""
     evaluation.WORKER.clear()
@@ -121,6 +121,7 @@ def test_process_workers_give_the_sequential_run(tmp_path):
     evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--run-name", "two", "--threads", "1", "--workers", "2"])
     one, two = replies(tmp_path / "one"), replies(tmp_path / "two")
     assert len(one) == 2 and all(one.values()) and one == two
+    assert "crafter: PLAN rarely committed an action" in capsys.readouterr().out  # 12 tokens: no op closes
 
 
 @pytest.mark.slow
