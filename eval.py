@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--grammar", choices=["on", "off"], help="constrain replies to the op syntax (GBNF; "
                    "llamacpp and openai backends); default: the scaffold's grammar setting")
     p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context length")
+    p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp layers offloaded to the GPU (-1: all; "
+                   "needs a CUDA build of llama-cpp-python)")
     p.add_argument("--threads", type=int, help="llama.cpp threads per worker (default: cores / workers); "
                    "replies are bit-identical only for the same thread count")
     p.add_argument("--seeds", default=str(ROOT / "seeds.txt"))
@@ -143,21 +145,19 @@ def make_config(args):
         "max_steps": args.max_steps or quick.get("max_steps"),
         "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
                     "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx,
-                    "n_threads": args.threads},
+                    "n_threads": args.threads, "n_gpu_layers": args.gpu_layers},
         "memory_model": args.memory_model, "memory_adapter": args.memory_adapter,
         "boxoban_dir": args.boxoban_dir, "seeds_file": args.seeds, "jobs": jobs, "workers": args.workers,
     }
 
 
+BACKEND_ONLY = {"n_ctx": "llamacpp", "n_threads": "llamacpp", "n_gpu_layers": "llamacpp", "base_url": "openai",
+                "load_4bit": "transformers"}  # options that one backend takes
+
+
 def load_backend(spec):
-    options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v not in (None, False)}
-    if spec["backend"] != "llamacpp":
-        options.pop("n_ctx", None)
-        options.pop("n_threads", None)
-    if spec["backend"] != "openai":
-        options.pop("base_url", None)
-    if spec["backend"] != "transformers":
-        options.pop("load_4bit", None)
+    options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v not in (None, False)
+               and BACKEND_ONLY.get(k, spec["backend"]) == spec["backend"]}
     return llm.load(spec["backend"], spec["model"], **options)
 
 
