@@ -20,7 +20,8 @@ Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=
 - Sampling: temperature 1.0 (the paper) with nothing else on (no top-k/top-p/min-p, no repeat
   penalty), like an OpenAI-compatible server's defaults; temperature 0 is greedy. Each call samples
   with `seed` (or the backend's seed): the same seed and messages give the same reply (llama.cpp:
-  bit for bit, whatever the backend computed before; servers: as far as they honour seeds).
+  bit for bit for one thread count, whatever the backend computed before; other thread counts
+  round differently; servers: as far as they honour seeds).
 - `stop` strings end the reply and are not part of it (OpenAI semantics).
 - `adapter`: None is the base model; a name picks a LoRA adapter (transformers: one loaded with
   adapters={name: path}; openai: the served model of that name, vLLM multi-LoRA). llama.cpp applies
