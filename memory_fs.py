@@ -553,14 +553,13 @@ def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str
     if not alternatives:
         raise ValueError("grammar needs at least one op")
     names = [n for n in files if NAME.fullmatch(n)]
-    actions = list(actions) if actions is not None else None
     rules.update({
         "file": choice(names) or "new-file",
         "any-file": 'file | "*"',
         "new-file": '[A-Za-z0-9] [A-Za-z0-9_-]{0,39} ".txt"',
         "word": "[^|<\\n ] [^|<\\n]{0,39}",  # a word or phrase, starting with a non-space
         "text": f"[^<\\n ] [^<\\n]{{0,{GRAMMAR_TEXT - 1}}}",
-        "action": choice(actions) if actions else "[^<\\n]{1,60}"})
+        "action": choice(actions) if actions else "[^<\\n]{1,60}"})  # no list: any one-line name
     return "\n".join([f"root ::= {' | '.join(alternatives)}"] + [f"{k} ::= {v}" for k, v in rules.items()]) + "\n"
 
 
