@@ -349,7 +349,7 @@ def main(argv=None):
     results = json.loads((run_dir / "results.json").read_text())["envs"]
     unconstrained = [env for env, r in results.items()
                      if (r["behaviour"]["fallback_rate"] or 0) > 0.5 and not config["scaffolds"][env]["grammar"]]
-    if config["agent"] == "memory" and unconstrained:
+    if config["agent"] == "memory" and unconstrained and llm.BACKENDS[config["backend"]["backend"]].GRAMMAR:
         print(f"note: {', '.join(unconstrained)}: PLAN rarely committed an action (fallback rate above 0.5); "
               f"a model too small for the op syntax follows it with --grammar on")
     first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
