@@ -155,6 +155,13 @@ class Agent:
             raise ValueError(f"scaffold fallback_action {self.fallback!r} is not a valid {game.env} action")
         self.system = scaffold["prompts"]["system"].format(instruction=game.instruction,
                                                            actions=", ".join(game.actions))
+        if kind != "memory" and scaffold["grammar"]:  # the baselines' grammar is the same every call
+            # the thought line stays within the token budget (a token holds at least one character)
+            thought = max(1, min(1000, self.limits["max_tokens"] - 16))
+            self.baseline_grammar = (BASELINE_GRAMMAR[kind].format(thought=thought) + "\naction ::= "
+                                     + memory_fs.choice(game.actions) + "\n")
+        else:
+            self.baseline_grammar = None
 
     def reset(self):
         shutil.rmtree(self.memory_dir, ignore_errors=True)  # this episode's own directory: a restart begins clean
@@ -291,12 +298,8 @@ class Agent:
             window[-2]["content"] = "Previous plan:\n" + self.last_reply
         window[-1]["content"] = f"Current Observation:\n{obs.short}\n{long}\n\n" + BASELINE_ASK[self.kind]
         messages = [{"role": "user", "content": self.game.instruction}] + window
-        # the thought line stays within the token budget (a token holds at least one character)
-        thought = max(1, min(1000, self.limits["max_tokens"] - 16))
-        grammar = (BASELINE_GRAMMAR[self.kind].format(thought=thought) + "\naction ::= "
-                   + memory_fs.choice(self.game.actions) + "\n" if self.scaffold["grammar"] else None)
         reply, call = chat(self.llm, messages, None, self.limits["max_tokens"], self.call_seed(step, self.kind, 0),
-                           grammar)
+                           self.baseline_grammar)
         call["messages"] = messages
         answer = reply.rsplit("ACTION:", 1)[-1] if self.kind == "cot" else reply
         # Unlike BALROG's letters-only filter, keep digits (NetHack answers) and strip only edge punctuation.

@@ -234,7 +234,7 @@ def package_versions():
 
 
 def summarize(config, run_dir):
-    """Read every finished trace of the run; write results.json and results.md; return the markdown."""
+    """Read every finished trace of the run; write results.json and results.md; return (results, markdown)."""
     by_env = {}
     for job in config["jobs"]:
         path = trace_path(run_dir, job)
@@ -258,7 +258,7 @@ def summarize(config, run_dir):
     (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2))
     md = results_markdown(results)
     (Path(run_dir) / "results.md").write_text(md)
-    return md
+    return results, md
 
 
 def results_markdown(results):
@@ -345,9 +345,9 @@ def main(argv=None):
                     fail(e)
                 bar.update()
     bar.close()
-    print(summarize(config, run_dir))
-    results = json.loads((run_dir / "results.json").read_text())["envs"]
-    unconstrained = [env for env, r in results.items()
+    results, md = summarize(config, run_dir)
+    print(md)
+    unconstrained = [env for env, r in results["envs"].items()
                      if (r["behaviour"]["fallback_rate"] or 0) > 0.5 and not config["scaffolds"][env]["grammar"]]
     if config["agent"] == "memory" and unconstrained and llm.BACKENDS[config["backend"]["backend"]].GRAMMAR:
         print(f"note: {', '.join(unconstrained)}: PLAN rarely committed an action (fallback rate above 0.5); "

@@ -119,6 +119,16 @@ def fit_messages(messages, count, budget):
     return msgs
 
 
+def common_prefix(a, b):
+    """How many leading items two token lists share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def reply_budget(n_ctx, max_tokens):
     """Prompt tokens allowed: the prompt may grow until the reply would get less than
     min(max_tokens, n_ctx // 4) tokens; max_tokens then shrinks to what is left."""
@@ -193,12 +203,7 @@ class LlamaCpp:
                 self.grammars[grammar] = llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
             msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
             prompt = self.tokens(msgs)
-            same = 0
-            for a, b in zip(self.prompt, prompt):
-                if a != b:
-                    break
-                same += 1
-            keep = min(same, len(prompt) - 1) // self.llm.n_batch * self.llm.n_batch
+            keep = min(common_prefix(self.prompt, prompt), len(prompt) - 1) // self.llm.n_batch * self.llm.n_batch
             self.llm.n_tokens = min(self.llm.n_tokens, keep)  # generate() evaluates from here on
             self.prompt = []
             out = self.llm.create_chat_completion(

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 import automem
+import eval as evaluation
 import memory_fs
 import metrics
 
@@ -904,8 +905,7 @@ def main(argv=None):
             _, more = behaviour_figure(runs, out, args.paper)
             print("wrote " + ", ".join(map(str, paths + more)))
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)  # one line naming the fix, status 2 (as eval.py)
-        sys.exit(2)
+        evaluation.fail(e)
 
 
 if __name__ == "__main__":

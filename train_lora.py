@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import automem
+import eval as evaluation
 import memory_fs
 import metrics
 
@@ -902,8 +903,7 @@ def main(argv=None):
     try:
         {"data": cmd_data, "sft": cmd_sft, "gguf": cmd_gguf, "engine": cmd_engine}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        evaluation.fail(e)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,6 @@ import llm  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def reuse(trace, backend):
     """(reusable tokens, prompt tokens) per routine over one trace."""
     header, steps, _ = automem.read_trace(trace)
@@ -36,7 +27,7 @@ def reuse(trace, backend):
     for step in steps:
         for routine, _, messages in automem.model_calls(header, step):
             tokens = backend.tokens(messages)
-            shared = common_prefix(tokens, last.get(routine, []))
+            shared = llm.common_prefix(tokens, last.get(routine, []))
             reused, total = totals.get(routine, (0, 0))
             totals[routine] = (reused + shared, total + len(tokens))
             last[routine] = tokens
