@@ -156,7 +156,7 @@ BACKEND_ONLY = {"n_ctx": "llamacpp", "n_threads": "llamacpp", "n_gpu_layers": "l
 
 
 def load_backend(spec):
-    options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v not in (None, False)
+    options = {k: v for k, v in spec.items() if k not in ("backend", "model") and v is not None
                and BACKEND_ONLY.get(k, spec["backend"]) == spec["backend"]}
     return llm.load(spec["backend"], spec["model"], **options)
 

@@ -144,3 +144,10 @@ def test_worker_that_cannot_load_the_model_is_one_line(tmp_path, capsys):
         evaluation.main(TINY + ["--runs-dir", str(tmp_path), "--workers", "2", "--model", str(tmp_path / "no.gguf")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: no GGUF file at") and err.count("\n") == 1
+
+
+def test_greedy_temperature_reaches_the_backend():
+    """--temperature 0 (greedy) is a value, not a missing option (0.0 == False in Python)."""
+    spec = evaluation.make_config(evaluation.parse_args(["--temperature", "0", "--n-ctx", "512"]))["backend"]
+    backend = evaluation.load_backend(spec)
+    assert backend.temperature == 0.0 and backend.n_ctx == 512 and backend.n_gpu_layers == 0
