@@ -377,12 +377,10 @@ def episode_digest(header, steps, end):
                      f"({', '.join(f'{e} x{ended.count(e)}' for e in dict.fromkeys(ended))}); '{steps[fallbacks[0]]['action']}' ran")
     events = {k: [] for k in ("no new game state", "invalid action", "sent back by check_action", "empty search",
                               "redundant write", "progress")}
-    texts = [s["observation"] for s in steps] + [end["final_observation"]]
-    seen = [metrics.game_state(text, t > 0 and not steps[t - 1]["valid"]) for t, text in enumerate(texts)]
     # metrics.unproductive_rate's steps (stuck or back to a recent state), grouped into stretches
     stretches = []
-    for t in range(len(steps)):
-        if seen[t + 1] in seen[max(0, t + 1 - metrics.OSCILLATION_WINDOW):t + 1]:
+    for t, unproductive in enumerate(metrics.unproductive_steps(steps, end)):
+        if unproductive:
             if stretches and stretches[-1][-1] == t - 1:
                 stretches[-1].append(t)
             else:
@@ -479,9 +477,8 @@ def ask_meta(meta, prompt, seed, cwd, read_dirs=()):
         except anthropic.APIError as e:
             raise llm.BackendError(f"anthropic: {type(e).__name__}: {str(e)[:300]}") from None
     if "llm" not in META:
-        options = {"temperature": meta["temperature"], "seed": meta["seed"], "max_tokens": meta["max_tokens"]}
-        options.update({"llamacpp": {"n_ctx": meta["n_ctx"]}, "openai": {"base_url": meta["base_url"]}}.get(meta["backend"], {}))
-        META["llm"] = llm.load(meta["backend"], meta["model"], **options)
+        META["llm"] = evaluation.load_backend({k: meta[k] for k in (
+            "backend", "model", "temperature", "seed", "max_tokens", "n_ctx", "base_url")})
     return META["llm"].chat([{"role": "user", "content": prompt}], max_tokens=meta["max_tokens"], seed=seed).text
 
 
@@ -520,12 +517,12 @@ def check_schema(scaffold_dir, env):
                          f"(a revision may not win by spending more)")
 
 
-def check_hooks_source(text):
+def check_hooks_source(text, name="hooks.py"):
     """The static half of the hook policy (module docstring); ValueError with the line of the first breach."""
     try:
         tree = ast.parse(text)
     except SyntaxError as e:
-        raise ValueError(f"hooks.py line {e.lineno}: syntax error: {e.msg}") from None
+        raise ValueError(f"{name} line {e.lineno}: syntax error: {e.msg}") from None
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -538,7 +535,7 @@ def check_hooks_source(text):
                 else:
                     modules.add((alias.asname or alias.name).split(".")[0])
                     continue
-                raise ValueError(f"hooks.py line {node.lineno}: {bad}")
+                raise ValueError(f"{name} line {node.lineno}: {bad}")
     for node in ast.walk(tree):
         bad = None
         if isinstance(node, ast.Name) and (node.id in BANNED_NAMES or node.id.startswith("_")):
@@ -555,7 +552,7 @@ def check_hooks_source(text):
                 if root is not target and isinstance(root, ast.Name) and root.id in modules:
                     bad = f"assignment into module {root.id}"
         if bad:
-            raise ValueError(f"hooks.py line {node.lineno}: {bad} is not allowed in hooks")
+            raise ValueError(f"{name} line {node.lineno}: {bad} is not allowed in hooks")
 
 
 def validate_in_sandbox(scaffold_dir, sandbox, env, replay, timeout):
@@ -685,7 +682,8 @@ def sandbox_main(sandbox):
         return finish(False, str(e))
     hooks = {name: hook(name, fn) for name, fn in scaffold["hooks"].items()}
     for game, seen, ep in episodes:
-        memory = automem.memory_fs.MemoryFS(sandbox / "work" / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"])
+        memory = automem.memory_fs.MemoryFS(sandbox / "work" / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"],
+                                            max_result_lines=scaffold["limits"]["search_max_lines"])  # as Agent.reset
         ctx = automem.Context(0, None, memory, game)
         for t, (obs, action) in enumerate(seen):
             ctx.step, ctx.obs = t, obs

@@ -60,19 +60,20 @@ def game_state(text, after_invalid):
     return TURN_COUNTER.sub("T:", text)
 
 
+def unproductive_steps(steps, end):
+    """Per step: True when its action left the game state unchanged or returned to one of the last
+    OSCILLATION_WINDOW states, False when it reached a new one, None when there is no next state
+    (the last step of an unfinished episode)."""
+    texts = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
+    seen = [None if text is None else game_state(text, t > 0 and not steps[t - 1]["valid"])
+            for t, text in enumerate(texts)]
+    return [None if seen[t + 1] is None else seen[t + 1] in seen[max(0, t + 1 - OSCILLATION_WINDOW):t + 1]
+            for t in range(len(steps))]
+
+
 def unproductive_rate(episodes):
-    bad = total = 0
-    for _, steps, end in episodes:
-        texts = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
-        seen = [None if text is None else game_state(text, t > 0 and not steps[t - 1]["valid"])
-                for t, text in enumerate(texts)]
-        for t in range(len(steps)):
-            after = seen[t + 1]
-            if after is None:
-                continue
-            total += 1
-            bad += after in seen[max(0, t + 1 - OSCILLATION_WINDOW):t + 1]  # stuck (seen[t]) or back within k steps
-    return ratio(bad, total)
+    flags = [f for _, steps, end in episodes for f in unproductive_steps(steps, end)]
+    return ratio(sum(f is True for f in flags), sum(f is not None for f in flags))
 
 
 def redundant_write_rate(episodes):

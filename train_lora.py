@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import math
 import re
@@ -141,19 +142,11 @@ def has_memory_op(text):
 def step_flags(steps, end):
     """Per step: productive (as metrics.unproductive_rate counts it: the game state moved to one not among
     the last OSCILLATION_WINDOW) and the length of the run of unproductive steps it is in."""
-    texts = [s["observation"] for s in steps] + [end["final_observation"] if end else None]
-    seen = [None if text is None else metrics.game_state(text, t > 0 and not steps[t - 1]["valid"])
-            for t, text in enumerate(texts)]
-    bad = [seen[t + 1] is not None and seen[t + 1] in seen[max(0, t + 1 - metrics.OSCILLATION_WINDOW):t + 1]
-           for t in range(len(steps))]
-    runs, t = [0] * len(bad), 0
-    while t < len(bad):
-        u = t
-        while u < len(bad) and bad[u]:
-            u += 1
-        for k in range(t, u):
-            runs[k] = u - t
-        t = max(u, t + 1)
+    bad = [f is True for f in metrics.unproductive_steps(steps, end)]
+    runs = []
+    for unproductive, group in itertools.groupby(bad):
+        n = len(list(group))
+        runs += [n if unproductive else 0] * n
     return [not b for b in bad], runs
 
 
@@ -534,10 +527,7 @@ def llm_default_model():
 
 
 def cmd_sft(args):
-    overrides = {k: v for k, v in {
-        "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "lr": args.lr, "epochs": args.epochs,
-        "batch": args.batch, "micro_batch": args.micro_batch, "max_len": args.max_len, "warmup": args.warmup,
-        "targets": args.targets}.items() if v is not None}
+    overrides = {k: getattr(args, k) for k in BOUNDS if getattr(args, k) is not None}  # the --<key> flags
     train(args.data, args.out, args.model, args.env, overrides, max_steps=args.max_steps, save_steps=args.save_steps,
           eval_examples=args.eval_examples, qlora=args.qlora, seed=args.seed, resume=args.resume)
 
@@ -669,9 +659,9 @@ def check_source(source):
     """Loop 1's static hook policy (meta_loop.py) applied to a proposed select(): allowed imports only,
     no file/process access, no exec/eval/getattr, no underscore names. It then runs in a subprocess."""
     try:
-        importlib.import_module("meta_loop").check_hooks_source(source)
+        importlib.import_module("meta_loop").check_hooks_source(source, name="select.py")
     except ValueError as e:
-        raise ValueError(f"select: {str(e).replace('hooks.py', 'select.py')}") from None
+        raise ValueError(f"select: {e}") from None
 
 
 def run_logged(cmd, log, timeout=None):

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import automem  # noqa: E402
 import eval as evaluation  # noqa: E402
 import qlora_gpu  # noqa: E402
+import train_lora  # noqa: E402
 
 QWEN25_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14, "num_key_value_heads": 2,
               "max_position_embeddings": 32768, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
@@ -33,7 +34,7 @@ def make_adapter(model_dir, out):
     import torch
     import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=train_lora.ATTENTION,
                              init_lora_weights=False, task_type="CAUSAL_LM")
     peft.get_peft_model(model, config).save_pretrained(out)
 
@@ -61,7 +62,8 @@ def main():
                          "--runs-dir", str(tmp / "runs"), "--run-name", "gpu", "--no-replay"])
         result["eval_seconds"] = round(time.time() - t0, 1)
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-        header, steps, end = automem.read_trace(tmp / "runs" / "gpu" / "traces" / "crafter" / "default__00.jsonl")
+        job = {"env": "crafter", "task": "default", "episode": 0}
+        header, steps, end = automem.read_trace(evaluation.trace_path(tmp / "runs" / "gpu", job))
         calls = [t for s in steps for _, t, _ in automem.model_calls(header, s)]
         result.update({
             "steps": len(steps), "calls": len(calls), "models": sorted({t["model"] for t in calls}),

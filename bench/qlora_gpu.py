@@ -109,10 +109,10 @@ def measure(model_dir, prior, seq, steps):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     _, net = train_lora.load_base(model_dir, qlora=True)
-    net = train_lora.add_lora(net, train_lora.lora_config(prior, {}), use_4bit=True)
+    cfg = train_lora.lora_config(prior, {})
+    net = train_lora.add_lora(net, cfg, use_4bit=True)
     net.train()  # gradient checkpointing acts in training mode only
     loaded = torch.cuda.memory_allocated()
-    cfg = train_lora.lora_config(prior, {})
     params = [p for p in net.parameters() if p.requires_grad]
     opt = bnb.optim.PagedAdamW8bit(params, lr=cfg["lr"])
     ids = torch.randint(0, net.config.vocab_size, (1, seq), device="cuda")
