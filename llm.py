@@ -265,6 +265,29 @@ class Scripted:
         return {"backend": "scripted", "trace": self.trace and str(self.trace), "replies": replies, "cycle": self.cycle}
 
 
+def load_hf(model, dtype, load_4bit=False):
+    """(tokenizer, model) with transformers from a hub id, a local directory or a .gguf file
+    (dequantized), in torch `dtype`; load_4bit: bitsandbytes nf4 with bf16 compute on GPU 0.
+    An unknown id, or no network, is a ValueError naming the fix."""
+    import torch
+    import transformers
+    src, kw = str(model), {"dtype": dtype}
+    if src.endswith(".gguf"):
+        src, kw["gguf_file"] = str(Path(gguf_path(src)).parent), Path(src).name
+    if load_4bit:
+        kw["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["device_map"] = {"": 0}
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
+        net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
+    except OSError as e:  # what from_pretrained raises for an unknown id or no network
+        raise ValueError(f"cannot load {str(model)!r} ({str(e).splitlines()[0][:120]}): pass a local model "
+                         "directory or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
+    return tok, net
+
+
 class Transformers:
     """Hugging Face transformers: a hub id, a local directory or a .gguf file (loaded dequantized).
     dtype "fp32" or "bf16" (default: bf16 on CUDA, fp32 on CPU); load_4bit=True is bitsandbytes
@@ -274,7 +297,6 @@ class Transformers:
     def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
                  seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
         import torch
-        import transformers
         self.model_id = model = str(model or gguf_path(DEFAULT_MODEL))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = dtype or ("bf16" if self.device == "cuda" else "fp32")
@@ -282,23 +304,10 @@ class Transformers:
             raise ValueError(f"dtype {dtype!r}: use 'fp32' or 'bf16' (or load_4bit=True)")
         self.load_4bit, self.adapters = load_4bit, dict(adapters or {})
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
-        src, kw = model, {"dtype": torch.bfloat16 if self.dtype == "bf16" else torch.float32}
-        if model.endswith(".gguf"):
-            src, kw["gguf_file"] = str(Path(gguf_path(model)).parent), Path(model).name
-        if load_4bit:
-            if self.device != "cuda":
-                raise ValueError("load_4bit=True needs a CUDA GPU (bitsandbytes nf4): on CPU drop load_4bit "
-                                 "(fp32/bf16), or use the llamacpp backend with a quantized GGUF")
-            kw["quantization_config"] = transformers.BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
-            kw["device_map"] = {"": 0}
-        try:
-            self.tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
-            self.net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
-        except OSError as e:  # what from_pretrained raises for an unknown id or no network
-            raise ValueError(f"cannot load {model!r} ({str(e).splitlines()[0][:120]}): pass a local model "
-                             "directory or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
+        if load_4bit and self.device != "cuda":
+            raise ValueError("load_4bit=True needs a CUDA GPU (bitsandbytes nf4): on CPU drop load_4bit "
+                             "(fp32/bf16), or use the llamacpp backend with a quantized GGUF")
+        self.tok, self.net = load_hf(model, torch.bfloat16 if self.dtype == "bf16" else torch.float32, load_4bit)
         if not load_4bit:
             self.net.to(self.device)
         if self.adapters:

