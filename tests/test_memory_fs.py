@@ -108,11 +108,17 @@ def test_bad_alias_data_raises(aliases):
         parse_ops("", aliases)
 
 
-@pytest.mark.parametrize("text", ["<|" * 20_000, "<" + " \t" * 20_000, "ACTION:" + " " * 100_000 + "x",
-                                  "<|WRITE|>a.txt|" + "a" * 1_000_000, "<|A|>" * 5000 + "</B>" * 5000, "\x00<\x00|END|>"],
-                         ids=lambda text: repr(text[:12]))
-def test_parser_handles_pathological_text(text):
-    parse_ops(text, ALIASES)
+@pytest.mark.parametrize("text, want", [
+    ("<|" * 20_000, []),                                                  # no tag closes
+    ("<" + " \t" * 20_000, []),                                           # whitespace runs are bounded
+    ("ACTION:" + " " * 100_000 + "x", [("ACTION", ["x"])]),
+    ("<|WRITE|>a.txt|" + "a" * 1_000_000, [("WRITE", ["a.txt", "a" * 1_000_000])]),
+    ("<|A|>" * 5000 + "</B>" * 5000,                                        # </B> closes no A: the last A's text
+     [("A", [])] * 4999 + [("A", ["</B>" * 5000])]),
+    ("\x00<\x00|END|>", []),
+], ids=lambda v: repr(v[:12]) if isinstance(v, str) else None)
+def test_parser_handles_pathological_text(text, want):
+    assert parsed(text, ALIASES) == want
 
 
 # ----------------------------------------------------------------------------- ops
@@ -233,7 +239,8 @@ def test_apply_replays_recorded_writes(fs, tmp_path):
         if r.wrote:
             replay.apply(r.op)
     assert replay.snapshot() == fs.snapshot()
-    replay.apply(Op("READ", ["nope.txt"], ""))  # read-only ops change nothing
+    replay.apply(Op("READ", ["nope.txt"], ""))  # read-only ops change nothing and raise nothing
+    assert replay.snapshot() == fs.snapshot() and replay.names() == fs.names()
     with pytest.raises(ValueError, match="cannot replay"):
         replay.apply(Op("CREATE", ["g.txt"], ""))
 
@@ -272,6 +279,7 @@ def jail(tmp_path):
     outside.mkdir()
     (outside / "secret.txt").write_text("SECRET\n")
     fs = MemoryFS(tmp_path / "mem", {"notes.txt": "hello\n"})
+    (fs.root / "a").mkdir()  # a folder inside: "a/b" could be written there, so only the name check can refuse it
     return fs, tmp_path, tree(tmp_path)
 
 
@@ -282,7 +290,8 @@ def test_hostile_names_never_leave_the_directory(jail, name):
         if name == "*" and op in ("SEARCH", "COUNT"):
             continue
         r = fs.execute(Op(op, [name, "k", "pwned"], ""), OPS)
-        assert not r.ok and "error" in r.text and "SECRET" not in r.text and len(r.text) < 400
+        assert not r.ok and "SECRET" not in r.text and len(r.text) < 400
+        assert "error: bad file name" in r.text, r.text  # refused by name, not by a write that happened to fail
     assert tree(root) == before and fs.names() == ["notes.txt"]
 
 
