@@ -84,8 +84,8 @@ NLE_OBS_KEYS = ("glyphs", "blstats", "tty_chars", "inv_letters", "inv_strs", "tt
 ACHIEVEMENTS = json.loads((Path(__file__).parent / "data" / "nle_achievements.json").read_text())
 BOXOBAN_HELP = (  # the levels are on no package registry
     "download https://github.com/deepmind/boxoban-levels/archive/refs/heads/master.zip, unzip it in a "
-    "directory DIR (giving DIR/boxoban-levels-master/medium and .../hard), then pass boxoban_dir=DIR or "
-    "set AUTOMEM_BOXOBAN_DIR=DIR; the six other MiniHack tasks run without them"
+    "directory DIR (giving DIR/boxoban-levels-master/medium and .../hard), then pass --boxoban-dir DIR to "
+    "eval.py (boxoban_dir=DIR to envs.make) or set AUTOMEM_BOXOBAN_DIR=DIR; the six other MiniHack tasks run without them"
 )
 
 
