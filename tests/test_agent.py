@@ -1,5 +1,6 @@
 """The inner agent on real Crafter with the scripted backend: LOG writes, PLAN reads, fallback,
 hooks (stuck notice, action gate), two-model split, baselines, scaffold validation."""
+import re
 import shutil
 from pathlib import Path
 
@@ -204,6 +205,25 @@ def test_v0_scaffolds_load_and_fit_their_envs():
         s = automem.load_scaffold(ROOT / "scaffolds" / env / "v0")
         assert s["env"] == env and len(s["hash"]) == 12
     assert set(automem.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")["hooks"]) == {"observe"}
+
+
+def scaffold_with_fallback(tmp_path, action):
+    """Crafter v0 with `fallback_action: <action>` (replacing any it has)."""
+    shutil.copytree(CRAFTER_V0, tmp_path / "fallback")
+    path = tmp_path / "fallback" / "scaffold.yaml"
+    path.write_text(re.sub(r"(?m)^fallback_action:.*$", "", path.read_text()) + f"\nfallback_action: {action}\n")
+    return tmp_path / "fallback"
+
+
+def test_fallback_action_must_be_a_game_action(tmp_path, game):
+    """A fallback the game does not know (Fly) is refused, naming it, before any step (by load_scaffold or Agent);
+    a valid one is what runs when PLAN never commits."""
+    with pytest.raises(ValueError, match="fallback_action 'Fly' is not a"):
+        scaffold = automem.load_scaffold(scaffold_with_fallback(tmp_path / "fly", "Fly"))
+        automem.Agent(scaffold, llm.load("scripted", replies=["<|DONE|>"]), game, tmp_path / "mem")
+    scaffold = automem.load_scaffold(scaffold_with_fallback(tmp_path / "do", "Do"))
+    _, recs, _ = play(tmp_path, game, ["no action here"] * 10, steps=1, scaffold=scaffold)
+    assert recs[0]["fallback"] and (recs[0]["action"], recs[0]["valid"]) == ("Do", True)
 
 
 def test_map_analysis():
