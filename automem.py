@@ -2,20 +2,30 @@
 automem.py: the inner agent of AutoMem. Memory is a directory of text files; memory
 operations share the action space with game actions.
 
-Each env step of the memory agent:
-  1. hooks `observe` (derived text such as a map analysis) and a stuck notice when the
-     observation did not change;
-  2. LOG (skipped on the first step): the model sees what its last action did and issues
-     read/write ops, up to `log_turns` calls, until <|DONE|> or a reply with no op;
-  3. PLAN: read-only ops, up to `plan_turns` calls, until <|ACTION|>; the hook
-     `check_action` may send the action back to PLAN (at most `gate_retries` times);
-     if PLAN never commits, the scaffold's fallback action (a valid one) runs.
+Each env step of the memory agent (the authors' v0 step, with their converged scaffolds' hook points):
+  1. hook `observe` (derived text such as a map analysis, the prompts' {analysis}) and a stuck notice
+     when the observation did not change (a warning, then a critical notice from `stuck_after` steps);
+  2. LOG (skipped on the first step): a fresh chat whose first message shows what the last action did; the
+     model issues read/write ops, up to `log_turns` calls, until <|DONE|> (the reply's ops all run) or a
+     reply with no op LOG allows; then hook `after_log` (file maintenance: pruning, auto-logging);
+  3. PLAN: a fresh chat, read-only ops, up to `plan_turns` calls, until <|ACTION|>; hook `check_action` may
+     refuse a committed action (at most `gate_retries` times a step: the reason goes back into the same chat
+     and costs a call); if PLAN never commits, the scaffold's fallback action runs (the env's default
+     where the task lacks it); hook `repair_action` may rewrite the final action (`eat d` -> `eat`).
+Prompts are the scaffold's templates (scaffold.yaml); an empty `system` prompt sends no system message
+(the authors' v0: every message is a user or assistant turn). Hooks `before_log`/`before_plan` return
+text for {notices}, or a dict that fills the scaffold's declared `slots` (and may pick another PLAN
+template with "prompt"). Hooks change memory only through ctx.write (recorded in the trace like the
+model's writes); `custom_op` runs ops the scaffold declares in `custom_ops`.
 With `grammar: true` in scaffold.yaml every call is constrained to the op syntax
 (memory_fs.grammar: the routine's ops on the current files, PLAN's actions by name, PLAN's last
 call an action), for models too small to follow the format (the embedded 135M one).
-Two-model split (loop 2): `memory_llm` (+ `memory_adapter`) runs LOG and the memory
-consultation of PLAN; when it proposes an action the action is dropped and the base
-`llm` continues the same PLAN chat and commits the world action.
+Two-model split (loop 2, the authors' *_twomodel): `memory_llm` (+ `memory_adapter`) runs LOG and the
+memory consultation of PLAN (up to `plan_turns` calls); an action it proposes is dropped, a hand-off message
+closes the consultation, and the base `llm` continues the same PLAN chat (up to `plan_turns` more calls,
+gates apply) and commits the world action.
+`context="memory-only"` (the ablation) runs a scaffold with its programmatic context off: no observe,
+before_*/after_log or check_action hooks; its prompts, files, ops, repair and custom ops stay.
 
 The baselines of the paper's table run on the same runner: "window" (the last 16
 messages of observations and actions) and "cot" (think, then "ACTION: <name>").
@@ -28,6 +38,7 @@ Usage (normally through eval.py):
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import string
 import time
@@ -38,24 +49,48 @@ import yaml
 
 import memory_fs
 
-PLACEHOLDERS = {  # what each prompt template may use
+PLACEHOLDERS = {  # what each prompt template may use (plus the scaffold's declared slots in log and plan)
     "system": {"instruction", "actions"},
-    "log": {"step", "file_index", "notices", "prev_action", "observation"},
+    "log": {"step", "file_index", "notices", "prev_action", "analysis", "observation", "instruction", "actions"},
     "log_continue": {"results", "file_index"},
-    "plan": {"step", "file_index", "notices", "observation"},
+    "plan": {"step", "file_index", "notices", "analysis", "observation", "instruction", "actions"},
     "plan_continue": {"results", "file_index"},
 }
-HOOKS = ("observe", "before_log", "before_plan", "after_log", "check_action")
+TEXTS = {  # short templates the agent fills; a scaffold's `texts` override these defaults
+    "prev_action": "Your previous action (step {step}): {action}",
+    "prev_invalid": "Your previous action (step {step}) was {action!r}, not a valid action: the game ran {executed!r} "
+                    "instead. Log this failure.",
+    "unchanged": "NOTICE: the observation is identical to the previous one: your last action had no effect.",
+    "stuck": "NOTICE: the observation has not changed for {count} steps: you are stuck. Try something different.",
+    "repeat": "Your last action was {action!r}: do not repeat it.",
+    "sent_back": "Your action {action!r} was sent back: {reason}. Choose another action and commit it.",
+    "handoff": "Memory consultation is over. Now commit one game action with <|ACTION|>name<|END|> (you may read more first).",
+    "handoff_results": "Results:\n{results}\n\nMemory consultation is over. Now commit one game action with "
+                       "<|ACTION|>name<|END|> (you may read more first).",
+    "consult_done": "(memory consultation complete)",
+}
+TEXT_FIELDS = {"prev_action": {"step", "action"}, "prev_invalid": {"step", "action", "executed"},
+               "unchanged": {"count"}, "stuck": {"count"}, "repeat": {"action"}, "sent_back": {"action", "reason"},
+               "handoff": set(), "handoff_results": {"results"}, "consult_done": set()}
+HOOKS = ("observe", "before_log", "before_plan", "after_log", "check_action", "repair_action", "custom_op")
+CONTEXT_HOOKS = ("observe", "before_log", "before_plan", "after_log", "check_action")  # off in memory-only runs
+CONTEXTS = ("full", "memory-only")
 LIMITS = {"log_turns": 10, "plan_turns": 10, "max_tokens": 4096, "search_max_lines": 1000,
-          "gate_retries": 2}
+          "result_max_chars": None, "gate_retries": 2, "stuck_after": 3}
+SCAFFOLD_KEYS = {"name", "env", "prompts", "files", "ops", "aliases", "limits", "grammar", "fallback_action",
+                 "search_all", "texts", "slots", "custom_ops", "tasks", "description", "trusted"}
 OBS_REF = "\u27e6observation\u27e7"  # stands for the step's observation in stored messages (read_trace expands it)
 WINDOW_MESSAGES = 16  # sliding-window baseline: last 16 messages (BALROG's max_text_history)
+SLOT = re.compile(r"[a-z][a-z0-9_]{0,39}")
+OP_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
 
 
 # ----------------------------------------------------------------------------- scaffolds
 
-def load_scaffold(path):
-    """Read scaffolds/<env>/vN/{scaffold.yaml, hooks.py}; raise ValueError naming what is wrong."""
+def load_scaffold(path, jailed=False):
+    """Read scaffolds/<env>/vN/{scaffold.yaml, hooks.py}; raise ValueError naming what is wrong.
+    hooks.py is imported here unless the scaffold says `trusted: false` (the loops write that into their
+    candidates) or jailed=True (eval --untrusted-hooks): then its hooks run in jail.py's jail."""
     path = Path(path)
     yaml_path = path / "scaffold.yaml"
     if not yaml_path.is_file():
@@ -69,43 +104,128 @@ def load_scaffold(path):
         raise ValueError(f"{yaml_path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{yaml_path}: expected a mapping with name, env, prompts, files, ops")
-    for key in ("name", "env", "prompts", "files", "ops"):
-        if key not in spec:
-            raise ValueError(f"{yaml_path}: missing key '{key}'")
-    prompts, ops = spec["prompts"], spec["ops"]
-    for key, value in (("prompts", prompts), ("ops", ops)):
-        if not isinstance(value, dict):
-            raise ValueError(f"{yaml_path}: {key} must be a mapping (see scaffolds/<env>/v0/scaffold.yaml)")
-    for name, allowed in PLACEHOLDERS.items():
-        if not isinstance(prompts.get(name), str):
-            raise ValueError(f"{yaml_path}: prompts.{name} must be a string")
-        try:
-            used = {f for _, f, _, _ in string.Formatter().parse(prompts[name]) if f is not None}
-        except ValueError as e:
-            raise ValueError(f"{yaml_path}: prompts.{name}: {e} (write a literal brace as {{{{ or }}}})") from None
-        unknown = used - allowed
-        if unknown:
-            raise ValueError(f"{yaml_path}: prompts.{name} uses unknown placeholder(s) {sorted(unknown)}; "
-                             f"allowed: {sorted(allowed)}")
-    aliases = spec.get("aliases") or {}
-    known = set(memory_fs.OPS) | set(aliases)
-    for routine in ("log", "plan"):
-        bad = set(ops.get(routine) or []) - known
-        if not ops.get(routine) or bad:
-            raise ValueError(f"{yaml_path}: ops.{routine} must list known ops; unknown: {sorted(bad)}")
-    if "ACTION" not in ops["plan"]:
-        raise ValueError(f"{yaml_path}: ops.plan must include ACTION")
-    if not isinstance(spec["files"], dict):
-        raise ValueError(f"{yaml_path}: files must map file names to initial contents")
-    if not isinstance(spec.get("grammar", False), bool):
-        raise ValueError(f"{yaml_path}: grammar must be true or false")
+    check_spec(spec, yaml_path)
+    tasks = spec.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise ValueError(f"{yaml_path}: tasks must map a task-id substring to overrides")
+    for key, override in tasks.items():
+        bad = set(override) - TASK_KEYS if isinstance(override, dict) else None
+        if bad is None or bad:
+            raise ValueError(f"{yaml_path}: tasks.{key} must be a mapping of {sorted(TASK_KEYS)}"
+                             + (f"; unknown: {sorted(bad)}" if bad else ""))
+        check_spec(merge_task(spec, override), f"{yaml_path} (tasks.{key})")
     hooks_path = path / "hooks.py"
-    hooks = load_hooks(hooks_path) if hooks_path.is_file() else {}
+    if not hooks_path.is_file():
+        hooks = {}
+    elif spec.get("trusted", True) and not jailed:
+        hooks = load_hooks(hooks_path)
+    else:
+        import jail  # here: trusted scaffolds never start a jail
+        hooks = jail.JailedHooks(hooks_path, names=HOOKS)
     digest = hashlib.sha256(text.encode() + (hooks_path.read_bytes() if hooks_path.is_file() else b""))
-    return {**spec, "aliases": aliases, "grammar": spec.get("grammar", False),
-            "limits": {**LIMITS, **(spec.get("limits") or {})},
-            "files": {k: v or "" for k, v in spec["files"].items()},
-            "hooks": hooks, "hash": digest.hexdigest()[:12], "path": str(path)}
+    return {**normalize(spec), "tasks": tasks, "hooks": hooks, "hash": digest.hexdigest()[:12], "path": str(path)}
+
+
+TASK_KEYS = {"files", "prompts", "texts", "limits", "ops", "fallback_action"}
+
+
+def merge_task(spec, override):
+    """The scaffold for one task: mappings (prompts, texts, limits, ops) merged key by key, files and
+    fallback_action replaced."""
+    return {**spec, **{k: {**(spec.get(k) or {}), **v} if k in ("prompts", "texts", "limits", "ops") else v
+                       for k, v in override.items()}}
+
+
+def for_task(scaffold, task):
+    """The scaffold with the overrides of every `tasks` key that the task id contains (in file order)."""
+    for key, override in scaffold.get("tasks", {}).items():
+        if key in task:
+            scaffold = {**scaffold, **normalize(merge_task(scaffold, override))}
+    return scaffold
+
+
+def normalize(spec):
+    return {**spec, "aliases": spec.get("aliases") or {}, "grammar": spec.get("grammar", False),
+            "search_all": spec.get("search_all", True), "limits": {**LIMITS, **(spec.get("limits") or {})},
+            "texts": {**TEXTS, **(spec.get("texts") or {})}, "files": {k: v or "" for k, v in spec["files"].items()},
+            "slots": list(spec.get("slots") or []), "custom_ops": list(spec.get("custom_ops") or []),
+            "fallback_action": spec.get("fallback_action")}
+
+
+def check_spec(spec, where):
+    """Raise ValueError naming the first problem of a scaffold spec (types, names, placeholders, ops, actions)."""
+    def need(ok, message):
+        if not ok:
+            raise ValueError(f"{where}: {message}")
+    for key in ("name", "env", "prompts", "files", "ops"):
+        need(key in spec, f"missing key '{key}'")
+    unknown = set(spec) - SCAFFOLD_KEYS
+    need(not unknown, f"unknown key(s) {sorted(unknown)}; known: {sorted(SCAFFOLD_KEYS)}")
+    need(isinstance(spec["name"], str) and spec["name"].strip(), "name must be a non-empty string")
+    import envs  # here, not at the top: loading a scaffold needs only its action names
+    need(spec["env"] in envs.ENVS, f"env must be one of {', '.join(envs.ENVS)}, not {spec['env']!r}")
+    for key in ("prompts", "ops", "files"):
+        need(isinstance(spec[key], dict), f"{key} must be a mapping (see scaffolds/<env>/v0/scaffold.yaml)")
+    for key in ("texts", "limits", "aliases"):
+        need(isinstance(spec.get(key) or {}, dict), f"{key} must be a mapping")
+    for key in ("grammar", "search_all", "trusted"):
+        need(isinstance(spec.get(key, False), bool), f"{key} must be true or false")
+    slots, custom = spec.get("slots") or [], spec.get("custom_ops") or []
+    need(isinstance(slots, list) and all(isinstance(s, str) and SLOT.fullmatch(s) for s in slots)
+         and not set(slots) & set().union(*PLACEHOLDERS.values()), "slots must be a list of new lower-case names")
+    prompts = spec["prompts"]
+    for name, text in prompts.items():
+        base = name if name in PLACEHOLDERS else "plan" if re.fullmatch(r"plan_[a-z0-9_]+", name) else None
+        need(base is not None, f"prompts.{name}: unknown prompt (known: {sorted(PLACEHOLDERS)}, or plan_<name> "
+                               "for a PLAN template a hook can pick)")
+        allowed = PLACEHOLDERS[base] | (set(slots) if base in ("log", "plan") else set())
+        check_template(text, allowed, f"{where}: prompts.{name}")
+    for name in PLACEHOLDERS:
+        need(name in prompts or name == "system", f"prompts.{name} is missing")
+    for name, text in (spec.get("texts") or {}).items():
+        need(name in TEXT_FIELDS, f"texts.{name}: unknown text (known: {sorted(TEXT_FIELDS)})")
+        check_template(text, TEXT_FIELDS[name], f"{where}: texts.{name}")
+    limits = spec.get("limits") or {}
+    for name, value in limits.items():
+        need(name in LIMITS, f"limits.{name}: unknown limit (known: {sorted(LIMITS)})")
+        lowest = 0 if name == "gate_retries" else 1
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+        need(ok or (name == "result_max_chars" and value is None),
+             f"limits.{name} must be a whole number >= {lowest}, not {value!r}")
+    try:
+        aliases = memory_fs._check_aliases(spec.get("aliases"))
+    except ValueError as e:
+        raise ValueError(f"{where}: aliases: {e}") from None
+    need(isinstance(custom, list) and all(isinstance(o, str) and OP_NAME.fullmatch(o) for o in custom)
+         and not set(custom) & (set(memory_fs.OPS) | set(aliases)), "custom_ops must list new upper-case op names")
+    known = set(memory_fs.OPS) | set(aliases) | set(custom)
+    for routine in ("log", "plan"):
+        ops = spec["ops"].get(routine)
+        bad = set(ops) - known if isinstance(ops, list) and all(isinstance(o, str) for o in ops) else {repr(ops)}
+        need(ops and not bad, f"ops.{routine} must list known ops; unknown: {sorted(bad)}")
+    need("ACTION" in spec["ops"]["plan"], "ops.plan must include ACTION")
+    for name, content in spec["files"].items():
+        need(isinstance(name, str) and memory_fs.valid_name(name),
+             f"files: bad file name {name!r} (letters, digits, . _ -; no folders, no '..')")
+        need(content is None or isinstance(content, str), f"files.{name} must be text, not {type(content).__name__}")
+    fallback = spec.get("fallback_action")
+    if fallback is not None:
+        names = envs.action_names(spec["env"])
+        need(isinstance(fallback, str) and (names is None or fallback in names),
+             f"fallback_action {fallback!r} is not a {spec['env']} action")
+
+
+def check_template(text, allowed, where):
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string")
+    try:
+        used = {f.split(".")[0].split("[")[0].split("!")[0] for _, f, _, _ in string.Formatter().parse(text)
+                if f is not None}
+    except ValueError as e:
+        raise ValueError(f"{where}: {e} (write a literal brace as {{{{ or }}}})") from None
+    unknown = used - allowed
+    if unknown:
+        raise ValueError(f"{where} uses unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
 def load_hooks(hooks_path):
@@ -130,6 +250,15 @@ class Context:
     game: object
     episode: dict = field(default_factory=dict)
     actions: list = field(default_factory=list)  # executed actions so far
+    prev_action: str | None = None    # what the agent returned last step (after repair)
+    prev_executed: str | None = None  # what the env ran (its default action after an invalid one)
+    prev_valid: bool = True
+    log_ops: list = field(default_factory=list)  # [name, args] of the ops this step's LOG ran
+    writes: list = field(default_factory=list)   # this step's memory writes (the trace's record of them)
+
+    def write(self, op, *args):
+        """A memory write by a hook (APPEND, WRITE, CREATE, UPSERT), recorded like the model's; returns its OpResult."""
+        return self.memory.execute(memory_fs.Op(op, list(args), ""), memory_fs.WRITE_OPS)
 
 
 def chat(llm, messages, adapter, max_tokens, seed, grammar=None):
@@ -143,18 +272,25 @@ class Agent:
     """The memory agent ('memory') or a baseline ('window', 'cot') for one game."""
 
     def __init__(self, scaffold, llm, game, memory_dir, *, kind="memory", memory_llm=None,
-                 memory_adapter=None, seed=0):
+                 memory_adapter=None, seed=0, context="full"):
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}: choose one of {', '.join(CONTEXTS)}")
+        scaffold = for_task(scaffold, game.task)
         self.scaffold, self.llm, self.game, self.kind, self.seed = scaffold, llm, game, kind, seed
+        self.context = context
         self.memory_llm = memory_llm or llm
         self.memory_adapter = memory_adapter
         self.two_model = memory_llm is not None or memory_adapter is not None
-        self.limits = scaffold["limits"]
+        self.limits, self.texts = scaffold["limits"], scaffold["texts"]
+        self.hooks = {k: f for k, f in scaffold["hooks"].items() if context == "full" or k not in CONTEXT_HOOKS}
         self.memory_dir = Path(memory_dir)
-        self.fallback = scaffold.get("fallback_action") or game.default_action
-        if self.fallback not in game.actions:
-            raise ValueError(f"scaffold fallback_action {self.fallback!r} is not a valid {game.env} action")
-        self.system = scaffold["prompts"]["system"].format(instruction=game.instruction,
-                                                           actions=", ".join(game.actions))
+        # The scaffold's fallback where this task has it (the authors' `search` is missing from some MiniHack tasks,
+        # where their agent sent it anyway and the env ran its default as an invalid action), else the env default.
+        wanted = scaffold.get("fallback_action") or game.default_action
+        self.fallback = wanted if wanted in game.actions else game.default_action
+        values = {"instruction": game.instruction, "actions": ", ".join(game.actions)}
+        self.system = scaffold["prompts"].get("system", "").format(**values)
+        self.fixed = {**values, **{slot: "" for slot in scaffold["slots"]}}  # what every template gets
         if kind != "memory" and scaffold["grammar"]:  # the baselines' grammar is the same every call
             # the thought line stays within the token budget (a token holds at least one character)
             thought = max(1, min(1000, self.limits["max_tokens"] - 16))
@@ -166,8 +302,10 @@ class Agent:
     def reset(self):
         shutil.rmtree(self.memory_dir, ignore_errors=True)  # this episode's own directory: a restart begins clean
         self.memory = memory_fs.MemoryFS(self.memory_dir, self.scaffold["files"],
-                                         max_result_lines=self.limits["search_max_lines"])
-        self.ctx = None
+                                         max_result_lines=self.limits["search_max_lines"],
+                                         max_result_chars=self.limits["result_max_chars"],
+                                         search_all=self.scaffold["search_all"])
+        self.ctx = Context(0, None, self.memory, self.game)
         self.prev_text = None
         self.unchanged = 0
         self.history = []  # baselines: (role, text) events
@@ -178,120 +316,162 @@ class Agent:
         return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
     # -- one env step -----------------------------------------------------------------
-    def act(self, step, obs, prev_action, prev_valid):
+    def act(self, step, obs, prev_action, prev_valid, prev_executed=None):
         """Choose the action for this step; return (action text, step record for the trace)."""
         if self.kind != "memory":
             return self.act_baseline(step, obs, prev_action)
-        hooks = self.scaffold["hooks"]
-        if self.ctx is None:
-            self.ctx = Context(step, obs, self.memory, self.game)
         ctx = self.ctx
-        ctx.step, ctx.obs = step, obs
+        ctx.step, ctx.obs, ctx.log_ops = step, obs, []
+        ctx.prev_action, ctx.prev_valid = prev_action, prev_valid
+        ctx.prev_executed = prev_executed or prev_action
+        ctx.writes = self.memory.journal = []  # every write of this step, the model's and the hooks'
         self.seen = obs.text
         record = {"hooks": {}}
-        observation = obs.text
-        extra = run_hook(hooks, "observe", record, ctx)
-        if extra:
-            observation += "\n\n" + extra
-        self.unchanged = self.unchanged + 1 if obs.text == self.prev_text else 0
-        self.prev_text = obs.text
-        notices = []
-        if self.unchanged:
-            notices.append(f"NOTICE: the observation is identical to the previous step ({self.unchanged} step(s) "
-                           f"in a row): your last action had no effect. Try something different.")
-        writes = []
+        analysis = self.hook("observe", record) or ""
+        # The authors' stuck notice: the text equals the previous one (invalid-action line included)
+        self.unchanged = self.unchanged + 1 if self.prev_text is not None and obs.text.strip() == self.prev_text else 0
+        self.prev_text = obs.text.strip()
+        stuck = "" if not self.unchanged else self.texts[
+            "stuck" if self.unchanged >= self.limits["stuck_after"] else "unchanged"].format(count=self.unchanged)
+        values = {**self.fixed, "step": step, "analysis": analysis, "observation": obs.text}
         if step > 0:
-            prev = prev_action if prev_valid else f"{prev_action!r} (not a valid action: the default action ran)"
-            text = self.fill("log", step=step, notices=join_notices(notices, run_hook(hooks, "before_log", record, ctx)),
-                             prev_action=prev, observation=observation)
-            record["log"] = self.routine("log", text, step, writes)
-            before = self.memory.snapshot() if "after_log" in hooks else None
-            run_hook(hooks, "after_log", record, ctx)
-            if before is not None:  # hook-maintained files are recorded as whole-file writes
-                after = self.memory.snapshot()
-                writes += [["WRITE", [n, after[n]]] for n in after if before.get(n) != after[n]]
-        plan_notices = join_notices(notices, run_hook(hooks, "before_plan", record, ctx))
-        record["gate"] = []  # PLAN attempts sent back by check_action, with their calls
-        for attempt in range(self.limits["gate_retries"] + 1):
-            sent_back = "".join(f"Your action {g['action']!r} was sent back: {g['reason']}. Choose again.\n"
-                                for g in record["gate"])
-            text = self.fill("plan", step=step, notices=plan_notices + sent_back, observation=observation)
-            record["plan"] = self.routine("plan", text, step, writes, attempt=attempt)
-            action = record["plan"]["action"]
-            last = attempt == self.limits["gate_retries"]  # the final attempt's action stands
-            reason = run_hook(hooks, "check_action", record, ctx, action) if action is not None and not last else None
-            if not reason:
-                break
-            record["gate"].append({"action": action, "reason": reason, "turns": record["plan"]["turns"]})
+            line = (self.texts["prev_action"].format(step=step - 1, action=prev_action) if prev_valid else
+                    self.texts["prev_invalid"].format(step=step - 1, action=prev_action, executed=ctx.prev_executed))
+            text, _ = self.fill("log", values, stuck, self.hook("before_log", record), prev_action=line)
+            record["log"] = self.routine("log", text, step)
+            ctx.log_ops = [op for turn in record["log"]["turns"] for op, r in zip(turn["ops"], turn["results"])
+                           if r["ok"]]  # results align with ops (only PLAN's ACTION has none)
+            self.hook("after_log", record)
+        repeat = self.texts["repeat"].format(action=ctx.prev_executed) if stuck and ctx.prev_executed else ""
+        text, template = self.fill("plan", values, "\n".join(t for t in (stuck, repeat) if t),
+                                   self.hook("before_plan", record))
+        record["plan"] = self.routine("plan", text, step, template=template)
+        action = record["plan"]["action"]
+        record["gate"] = record["plan"].pop("gate")
         record["fallback"] = action is None
         action = self.fallback if action is None else action
+        repaired = self.hook("repair_action", record, action)
+        if repaired and repaired != action:
+            record["repaired"] = [action, repaired]
+            action = repaired
         ctx.actions.append(action)
-        record["writes"] = writes
+        record["writes"] = ctx.writes
+        self.memory.journal = None
         return action, record
 
-    def fill(self, name, **values):
-        values.setdefault("file_index", self.memory.index())
-        return self.scaffold["prompts"][name].format(**values)
+    def hook(self, name, record, *args):
+        """Call one scaffold hook; record what it returned so its effect can be ablated."""
+        fn = self.hooks.get(name)
+        if fn is None:
+            return None
+        out = fn(self.ctx, *args)
+        if out is not None:
+            record["hooks"].setdefault(name, []).append(out if isinstance(out, str) else repr(out))
+        return out
+
+    def fill(self, name, values, notices, extra, **more):
+        """A routine's first message: the template (or the one a hook picked) filled; returns (text, template)."""
+        slots = extra if isinstance(extra, dict) else {"notices": extra}
+        template = slots.get("prompt") or name
+        if template not in self.scaffold["prompts"] or not template.startswith(name):
+            raise ValueError(f"hook before_{name} picked prompt {template!r}, which the scaffold does not define")
+        notices = "\n".join(t for t in (notices, slots.get("notices")) if t)
+        extra_slots = {k: v for k, v in slots.items() if k in self.scaffold["slots"] and v is not None}
+        text = self.scaffold["prompts"][template].format(**{**values, **more, **extra_slots, "notices": notices,
+                                                             "file_index": self.memory.index()})
+        return text, template
 
     def grammar(self, name, last):
         """GBNF for one call of a routine: its ops on the current files; PLAN's last call may only commit."""
         ops = ["ACTION"] if name == "plan" and last else self.scaffold["ops"][name]
-        return memory_fs.grammar(ops, self.scaffold["aliases"], self.memory.names(),
-                                 self.game.actions if name == "plan" else None)
+        return memory_fs.grammar([o for o in ops if o not in self.scaffold["custom_ops"]], self.scaffold["aliases"],
+                                 self.memory.names(), self.game.actions if name == "plan" else None,
+                                 search_all=self.scaffold["search_all"])
 
-    def routine(self, name, user_text, step, writes, attempt=0):
-        """Run LOG or PLAN: a chat of up to N calls with memory ops between them."""
+    def routine(self, name, user_text, step, template=None):
+        """Run LOG or PLAN: one chat of model calls with memory ops between them (see the module docstring)."""
         allowed = set(self.scaffold["ops"][name])
-        aliases = self.scaffold["aliases"]
-        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": user_text}]
-        turns, action, ended = [], None, "limit"
-        consulting = True  # two-model: the memory model speaks until it proposes an action
+        aliases, custom = self.scaffold["aliases"], set(self.scaffold["custom_ops"])
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": user_text}]
+        turns, action, ended, gate = [], None, "limit", []
+        consult = self.two_model and name == "plan"  # stage 1 of the split: the memory model consults first
         n_turns = self.limits[f"{name}_turns"]
-        for turn in range(n_turns):
-            use_memory = self.two_model and (name == "log" or consulting)
+        budget = n_turns * (2 if consult else 1)
+        for turn in range(budget):
+            use_memory = self.two_model and (name == "log" or consult)
             llm, adapter = (self.memory_llm, self.memory_adapter) if use_memory else (self.llm, None)
-            grammar = self.grammar(name, last=turn == n_turns - 1) if self.scaffold["grammar"] else None
-            reply, call = chat(llm, messages, adapter, self.limits["max_tokens"],
-                               self.call_seed(step, name, attempt * 100 + turn), grammar)
+            last = turn == budget - 1 or (consult and turn == n_turns - 1)
+            grammar = self.grammar(name, last=last and not consult) if self.scaffold["grammar"] else None
+            reply, call = chat(llm, messages, adapter, self.limits["max_tokens"], self.call_seed(step, name, turn), grammar)
             call["model"] = "memory" if use_memory else "base"
             # store only what this call added; the system prompt is in the header, the observation in the step
             call["messages"] = ([{"role": "user", "content": user_text.replace(self.seen, OBS_REF, 1)}]
                                 if turn == 0 else messages[-1:])
             ops = memory_fs.parse_ops(reply, aliases)
-            call["ops"] = [[op.name, op.args] for op in ops]
+            mine = [op for op in ops if op.name in allowed or op.alias in allowed]
+            call["ops"] = [[op.alias or op.name, op.args] for op in ops]
             results, stop = [], None
-            for op in ops:  # in the order written; ACTION ends PLAN, DONE ends LOG
-                if (op.name, name) in (("ACTION", "plan"), ("DONE", "log")):
+            for op in ops:  # in the order written; PLAN stops at its ACTION, LOG runs every op of a reply with DONE
+                if op.name == "ACTION" and name == "plan":
                     stop = op.args[0].strip() if op.args else ""
                     break
-                result = self.memory.execute(op, allowed)
-                results.append(result)
-                if result.wrote:
-                    writes.append([op.name, op.args])
+                results.append(self.custom_op(op) if op.name in custom and op.name in allowed
+                               else self.memory.execute(op, allowed))
+                if op.name == "DONE" and name == "log" and stop is None:
+                    stop = ""
             call["results"] = [{"text": r.text, "ok": r.ok, "wrote": r.wrote, "redundant": r.redundant,
                                 "matches": r.matches} for r in results]
             turns.append(call)
-            if use_memory and name == "plan" and (stop is not None or not ops):
-                consulting = False  # consultation over: the base model continues the chat and commits
+            shown = memory_fs.format_results(results) or "(no results)"
+            if consult and (stop is not None or not mine or turn == n_turns - 1):
+                consult = False  # the consultation is over: hand the same chat to the base model
                 if stop is not None:
                     call["dropped_action"] = stop
-            elif stop is not None:
-                action, ended = (stop, "action") if name == "plan" else (None, "done")
+                    kept = reply.replace(ops[len(results)].raw, "").strip() if len(results) < len(ops) else reply
+                    reply = call["kept"] = kept or self.texts["consult_done"]  # what the base model sees
+                messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": (
+                    self.texts["handoff_results"].format(results=shown) if results else self.texts["handoff"])}]
+                continue
+            if stop is not None and name == "plan":
+                reason = (self.hook("check_action", {"hooks": {}}, stop)  # the gate list records it
+                          if len(gate) < self.limits["gate_retries"] else None)
+                if not reason:
+                    action, ended = stop, "action"
+                    break
+                gate.append({"action": stop, "reason": reason, "turn": turn})
+                messages += [{"role": "assistant", "content": reply},
+                             {"role": "user", "content": self.texts["sent_back"].format(action=stop, reason=reason)}]
+                continue
+            if stop is not None:
+                ended = "done"
                 break
-            elif not ops:
+            if not mine:
                 ended = "no_op"
                 break
-            messages.append({"role": "assistant", "content": reply})
-            messages.append({"role": "user", "content": self.fill(
-                f"{name}_continue", results=memory_fs.format_results(results) or "(no results)")})
-        return {"turns": turns, "ended": ended, "action": action}
+            messages += [{"role": "assistant", "content": reply},
+                         {"role": "user", "content": self.fill_continue(name, shown)}]
+        return {"turns": turns, "ended": ended, "action": action, "gate": gate,
+                **({"template": template} if template and template != name else {})}
+
+    def fill_continue(self, name, results):
+        return self.scaffold["prompts"][f"{name}_continue"].format(results=results, file_index=self.memory.index())
+
+    def custom_op(self, op):
+        """A scaffold's own op (custom_ops), run by its hook; its writes go through ctx.write."""
+        if "custom_op" not in self.hooks:
+            return self.memory.execute(op, ())  # unknown op: an error result
+        before = len(self.ctx.writes)
+        text = self.hooks["custom_op"](self.ctx, op)
+        wrote = len(self.ctx.writes) > before
+        return memory_fs.OpResult(op, str(text), ok=True, wrote=wrote, redundant=False, matches=None)
 
     # -- baselines ----------------------------------------------------------------------
     def act_baseline(self, step, obs, prev_action):
         """BALROG-style naive agent over the last 16 messages, or chain-of-thought."""
         if prev_action is not None:  # naive: the raw reply; cot: the action (its plan is shown once, below)
             self.history.append({"role": "assistant", "content": self.last_reply if self.kind == "window" else prev_action})
-        long = (obs.feedback + "\n\n" if obs.feedback else "") + obs.long  # BALROG puts the invalid-action line here
+        long = obs.long  # after an invalid action BALROG's invalid-action line opens it
         self.history.append({"role": "user", "content": "Observation:\n" + long})
         window = [dict(m) for m in self.history[-WINDOW_MESSAGES:]]
         if self.kind == "cot" and prev_action is not None and len(window) > 1:
@@ -318,22 +498,6 @@ BASELINE_ASK = {
 }
 
 
-def join_notices(notices, extra):
-    parts = [n for n in notices if n] + ([extra] if extra else [])
-    return "\n".join(parts) + "\n" if parts else ""
-
-
-def run_hook(hooks, name, record, ctx, *args):
-    """Call one scaffold hook; record what it returned so its effect can be ablated."""
-    fn = hooks.get(name)
-    if fn is None:
-        return None
-    out = fn(ctx, *args)
-    if out is not None:
-        record["hooks"].setdefault(name, []).append(out if isinstance(out, str) else repr(out))
-    return out
-
-
 # ----------------------------------------------------------------------------- episode
 
 def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, progress=None):
@@ -347,10 +511,11 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
     with open(tmp, "w") as f:
         write_line(f, {"type": "episode", "env": game.env, "task": game.task, "seed": seed,
                        "agent": agent.kind, "scaffold": agent.scaffold["name"], "scaffold_hash": agent.scaffold["hash"],
-                       "system": agent.system if agent.kind == "memory" else None,
+                       "system": agent.system if agent.kind == "memory" else None, "text_mode": game.text_mode,
+                       "context": agent.context,
                        "files": agent.scaffold["files"] if agent.kind == "memory" else {},
                        "actions": game.actions, "max_steps": max_steps, **(header or {})})
-        prev_action, prev_valid, total_reward, info, step = None, True, 0.0, {}, 0
+        prev_action, prev_valid, prev_executed, total_reward, info, step = None, True, None, 0.0, {}, 0
         # A full memory snapshot once the writes since the last one add up to the memory's size: snapshots
         # then cost no more than the writes they sum up, and any step rebuilds from one memory's worth of ops.
         snapshot_budget, written = max(4096, len(json.dumps(agent.scaffold["files"]))), 0
@@ -358,7 +523,7 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
         for step in range(max_steps):
             t0 = time.time()
             seen = obs.text
-            action, record = agent.act(step, obs, prev_action, prev_valid)
+            action, record = agent.act(step, obs, prev_action, prev_valid, prev_executed)
             t_agent = time.time() - t0
             obs, reward, done, info = game.step(action)
             total_reward += reward
@@ -371,7 +536,7 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
                 record["snapshot"] = agent.memory.snapshot()
                 snapshot_budget, written = max(4096, len(json.dumps(record["snapshot"]))), 0
             write_line(f, record)
-            prev_action, prev_valid = action, info["valid"]
+            prev_action, prev_valid, prev_executed = action, info["valid"], info["executed"]
             if progress:
                 progress(1)
             if done:
@@ -415,42 +580,114 @@ def read_trace(path):
     return header, steps, end
 
 
+def routine_runs(header, step):
+    """(routine, [(turn record, the exact messages sent), ...]) for the LOG and PLAN chats of one trace step."""
+    for routine in ("log", "plan"):
+        turns = (step.get(routine) or {}).get("turns", [])
+        if not turns:
+            continue
+        chat, calls = [{"role": "system", "content": header["system"]}] if header.get("system") else [], []
+        for turn in turns:
+            chat = chat + turn.get("messages", [])
+            calls.append((turn, chat))
+            chat = chat + [{"role": "assistant", "content": turn.get("kept", turn["reply"])}]
+        yield routine, calls
+
+
 def model_calls(header, step):
     """(routine, turn record, the exact messages sent) for every model call of one trace step, in order."""
-    routines = [("log", step.get("log"))] + [("plan", g) for g in step.get("gate", [])] + [("plan", step.get("plan"))]
-    for routine, calls in routines:
-        chat = [{"role": "system", "content": header["system"]}] if header.get("system") else []
-        for turn in (calls or {}).get("turns", []):
-            chat = chat + turn.get("messages", [])
+    for routine, calls in routine_runs(header, step):
+        for turn, chat in calls:
             yield routine, turn, chat
-            chat = chat + [{"role": "assistant", "content": turn["reply"]}]
 
 
 # ----------------------------------------------------------------------------- hook helpers
+# The authors' v0 helpers, re-expressed: their MAP ANALYSIS of the text map and their action repair.
 
-DIRECTIONS = {"north": (0, -1), "northeast": (1, -1), "east": (1, 0), "southeast": (1, 1),
-              "south": (0, 1), "southwest": (-1, 1), "west": (-1, 0), "northwest": (-1, -1)}
-PASSABLE = set(".#<>{_$)[!?/=\"(*%`+") | set(string.ascii_letters)
+NEIGHBOURS = {"north": (-1, 0), "south": (1, 0), "east": (0, 1), "west": (0, -1),  # (row, column) steps, their order
+              "northeast": (-1, 1), "northwest": (-1, -1), "southeast": (1, 1), "southwest": (1, -1)}
+ITEMS = set("$)[!?/=\"(*%~")
 
 
-def nle_map_analysis(rows, x, y):
-    """Passable/blocked neighbours and visible stairs around '@' at column x, row y of the map rows."""
-    def at(cx, cy):
-        return rows[cy][cx] if 0 <= cy < len(rows) and 0 <= cx < len(rows[cy]) else " "
-    passable, blocked = [], []
-    for name, (dx, dy) in DIRECTIONS.items():
-        ch = at(x + dx, y + dy)
-        (passable if ch in PASSABLE else blocked).append(f"{name} '{ch}'")
-    lines = ["MAP ANALYSIS (computed from the map):",
-             "can move: " + (", ".join(passable) or "nowhere"),
-             "blocked: " + (", ".join(blocked) or "nothing")]
-    for symbol, label in ((">", "stairs down"), ("<", "stairs up")):
-        for cy, row in enumerate(rows):
-            for cx, ch in enumerate(row):
-                if ch == symbol:
-                    dx, dy = cx - x, cy - y
-                    where = ("south" if dy > 0 else "north" if dy < 0 else "") + ("east" if dx > 0 else "west" if dx < 0 else "")
-                    dist = max(abs(dx), abs(dy))
-                    lines.append(f"{label} '{symbol}' {dist} tile(s) {where or 'here'}"
-                                 + (f" (dx={dx}, dy={dy})" if dist else ""))
-    return "\n".join(lines)
+def tile_kind(ch):
+    """What a map character is to the v0 map analysis: stairs, door, wall, rock, danger, passable, item, monster, unknown."""
+    if ch in "><":
+        return {">": "stairs down", "<": "stairs up"}[ch]
+    if ch == "+":
+        return "door"
+    return ("wall" if ch in "-|" else "rock" if ch == " " else "danger" if ch in "}^" else "passable" if ch in ".#{_"
+            else "item" if ch in ITEMS else "monster" if ch.isalpha() and ch != "@" else "unknown")
+
+
+def letter_share(line):
+    return sum(c.isalpha() and c != "@" for c in line) / max(len(line), 1)
+
+
+def compass(drow, dcol):
+    return ("north" if drow < 0 else "south" if drow > 0 else "") + ("east" if dcol > 0 else "west" if dcol < 0 else "") or "here"
+
+
+def nle_map_analysis(text):
+    """The v0 MAP ANALYSIS of a MiniHack/NetHack observation text, following the authors' rules: the player's row is
+    the first line with '@' (3+ characters, under half letters); the map is the non-blank lines 15 above to 14 below
+    it that are under 55% letters (blank lines are skipped, so a blank row shifts north/south as in their code);
+    neighbours are classified by tile_kind. "" when no player row is found."""
+    lines = text.split("\n")
+    me = next((i for i, line in enumerate(lines) if "@" in line and len(line.rstrip()) >= 3
+               and letter_share(line.rstrip()) < 0.5), None)
+    if me is None:
+        return ""
+    col = lines[me].find("@")
+    rows = [(i, lines[i].rstrip()) for i in range(max(0, me - 15), min(len(lines), me + 15))
+            if lines[i].rstrip() and (letter_share(lines[i].rstrip()) < 0.55 or i == me)]
+    at = next(j for j, (i, _) in enumerate(rows) if i == me)
+    found = {"stairs": [], "monsters": [], "doors": [], "danger": [], "move": [], "blocked": []}
+    for name, (drow, dcol) in NEIGHBOURS.items():
+        r, c = at + drow, col + dcol
+        if not (0 <= r < len(rows) and 0 <= c < len(rows[r][1])):
+            found["blocked"].append(f"{name} (off the map)")
+            continue
+        ch = rows[r][1][c]
+        kind = tile_kind(ch)
+        if kind.startswith("stairs"):
+            found["stairs"].append(f"{name}: '{ch}' {kind}" + (", step onto it!" if ch == ">" else ""))
+            found["move"].append(f"{name} ({kind} '{ch}')")
+        elif kind == "door":
+            found["doors"].append(f"{name}: '+' closed door ('open' it)")
+            found["move"].append(f"{name} (door '+')")
+        elif kind == "monster":
+            found["monsters"].append(f"{name}: '{ch}' (attack by moving into it)")
+            found["move"].append(f"{name} (monster '{ch}')")
+        elif kind in ("passable", "item"):
+            found["move"].append(f"{name} ('{ch}')")
+        elif kind == "danger":
+            found["danger"].append(f"{name}: '{ch}' dangerous")
+        else:
+            found["blocked"].append(f"{name} ({kind} '{ch}')" if kind != "rock" else f"{name} (rock)")
+    far = [f"'>' about {max(abs(j - at), abs(c - col))} tiles {compass(j - at, c - col)}"
+           for j, (_, row) in enumerate(rows) for c, ch in enumerate(row)
+           if ch == ">" and max(abs(j - at), abs(c - col)) > 1][:3]
+    out = ["MAP ANALYSIS (computed from the map):"]
+    for label, key in (("STAIRS NEXT TO YOU", "stairs"), ("STAIRS IN VIEW", None), ("MONSTERS NEXT TO YOU", "monsters"),
+                       ("DOORS", "doors"), ("DANGER", "danger"), ("CAN MOVE", "move"), ("BLOCKED", "blocked")):
+        items = far if key is None else found[key]
+        if items:
+            out.append(f"{label}: " + ("; " if key in (None, "stairs", "monsters", "doors", "danger") else ", ").join(items))
+    return "\n".join(out)
+
+
+TWO_STEP = {"close", "fight", "fire", "kick", "open", "zap",  # the game asks for a direction next
+            "apply", "cast", "dip", "drop", "eat", "force", "invoke", "loot", "offer", "pickup", "puton", "quaff",
+            "quiver", "read", "remove", "rub", "takeoff", "throw", "wear", "wield"}  # ... or for an item letter
+
+
+def repair_two_step(action):
+    """The authors' v0 repair: a two-step command written with its argument ('eat d', 'open north') becomes the
+    command alone, as the game asks for the argument next; 'far <direction>' is a real action and stays."""
+    words = action.split(None, 1)
+    if len(words) < 2:
+        return action.strip()
+    command = words[0].lower()
+    if command == "far" and words[1].strip().lower() in NEIGHBOURS:
+        return action.strip()
+    return command if command in TWO_STEP else action.strip()

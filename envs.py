@@ -15,8 +15,12 @@ Observation texts are BALROG's (github.com/balrog-ai/BALROG), rebuilt here:
   pressing MORE and the rewards of those presses are summed into the step reward.
 - Crafter: long = nearest thing of each kind in the 9x7 window around the player and what it faces;
   short = vitals and inventory. reset() takes one hidden Noop step, as BALROG does.
-obs.text = [feedback line + blank line] + short + "\\n" + long; the feedback line appears only after
-an invalid action. Progression follows BALROG: Crafter unlocked/22; MiniHack 1 on task success (end
+obs.text = long + "\\n" + short, the memory agent's view (the authors' harness); after an invalid action
+BALROG's invalid-action line opens the long context.
+Text modes: "automem" (default, the authors' harness) rewrites MiniHack/NetHack distance words and compound
+directions in both contexts ("adjacent" -> "1 step away (directly reachable)", "northnortheast" -> "between north and
+northeast"; see rewrite_nle_text); "balrog" leaves BALROG's words (for BALROG-leaderboard comparisons). Crafter is the
+same in both. Progression follows BALROG: Crafter unlocked/22; MiniHack 1 on task success (end
 status; BALROG's "last reward >= 1" rule is reported as success_balrog); NetHack the best value of
 data/nle_achievements.json over the Dlvl:N and Xp:N reached.
 NetHack's "00"-"99" (in BALROG's action list, but they crash its step) type their two digits.
@@ -33,6 +37,7 @@ import io
 import json
 import os
 import random
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,11 +96,30 @@ BOXOBAN_HELP = (  # the levels are on no package registry
 
 @dataclass
 class Observation:
-    text: str          # what the agent sees now: [feedback line] + short + "\n" + long
-    long: str          # BALROG long_term_context (the part kept in the history)
+    text: str          # what the memory agent sees: long + "\n" + short
+    long: str          # BALROG long_term_context (kept in the history), after an invalid action opened by INVALID_ACTION
     short: str         # BALROG short_term_context (shown for the current step only)
     state: dict = field(default_factory=dict)  # structured extras for hooks (see _crafter_observe, _nle_observe)
-    feedback: str = ""  # the invalid-action line, "" after a valid action
+    feedback: str = ""  # the invalid-action prefix of long, "" after a valid action
+
+
+TEXT_MODES = ("automem", "balrog")
+# The authors' harness (BALROG + one change) rewrites these whole words in MiniHack/NetHack texts, in this order:
+# distances first ("very far" before "far"), then the eight compound directions. Case-sensitive, every occurrence.
+NLE_REWRITES = [(re.compile(rf"\b{word}\b"), text) for word, text in (
+    ("very far", "9+ steps away"), ("very near", "2 steps away"), ("far", "5-8 steps away"),
+    ("near", "3-4 steps away"), ("adjacent", "1 step away (directly reachable)"),
+    *((a + b + c, f"between {a} and {b}{c}") for a, b, c in (
+        ("north", "north", "east"), ("east", "north", "east"), ("east", "south", "east"), ("south", "south", "east"),
+        ("south", "south", "west"), ("west", "south", "west"), ("west", "north", "west"), ("north", "north", "west"))))]
+INVALID_ACTION = "\n\nYour previous output did not contain a valid action. Defaulted to action: {action}\n\nObservation:\n"
+
+
+def rewrite_nle_text(text):
+    """The authors' rewriting of one MiniHack/NetHack context: distance words to step counts, compound directions spelled out."""
+    for pattern, replacement in NLE_REWRITES:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 # ----------------------------------------------------------------------------- Crafter
@@ -109,37 +133,43 @@ CRAFTER_IDS = ["None", "water", "grass", "stone", "path", "sand", "tree", "lava"
 VITALS = ("health", "food", "drink", "energy")
 
 
-def _needs(uses, nearby=()):
-    text = " and ".join(f"{n} {item.replace('_', ' ')}" for item, n in uses.items())
-    return text + (f", standing near a {' and a '.join(nearby)}" if nearby else "")
-
-
-def _crafter_help():
-    place, make = crafter.constants.place, crafter.constants.make
-    moves = {f"Move {d}": f"walk one tile {d.lower()} (grass, sand and path are walkable); "
-             "also turns you to face that way" for d in ("West", "East", "North", "South")}
-    return {
-        "Noop": "do nothing this step", **moves,
-        "Do": "act on the tile you face: gather wood from a tree, stone/coal/iron/diamond with a good "
-              "enough pickaxe, drink water, eat a cow or a ripe plant, or hit a zombie or skeleton",
-        "Sleep": "sleep to regain energy; you wake up by yourself when energy is full",
-        **{f"Place {k.title()}": f"put a {k} on the tile you face if it is {' or '.join(v['where'])}; "
-           f"uses {_needs(v['uses'])}" for k, v in place.items()},
-        **{f"Make {k.replace('_', ' ').title()}": f"craft a {k.replace('_', ' ')}; uses "
-           f"{_needs(v['uses'], v['nearby'])}" for k, v in make.items()},
-    }
+# BALROG's Crafter instruction, in our words: one line per action (no recipe quantities, as BALROG), the 22
+# achievements in BALROG's order, and BALROG's promise of a history (the memory agent is never shown one).
+CRAFTER_HELP = {
+    "Noop": "stay where you are and do nothing",
+    **{f"Move {d}": f"walk {d.lower()} over flat ground" for d in ("West", "East", "North", "South")},
+    "Do": "all-purpose action on what is in front of you: gather a material, drink from a lake, hit a creature",
+    "Sleep": "go to sleep; possible while your energy is below its maximum",
+    "Place Stone": "put a stone down in front of you",
+    "Place Table": "put a table down",
+    "Place Furnace": "put a furnace down",
+    "Place Plant": "put a plant down",
+    "Make Wood Pickaxe": "craft a wood pickaxe; needs a table nearby and wood in your inventory",
+    "Make Stone Pickaxe": "craft a stone pickaxe; needs a table nearby and wood and stone in your inventory",
+    "Make Iron Pickaxe": "craft an iron pickaxe; needs a table and a furnace nearby and wood, coal and iron in your "
+                         "inventory",
+    "Make Wood Sword": "craft a wood sword; needs a table nearby and wood in your inventory",
+    "Make Stone Sword": "craft a stone sword; needs a table nearby and wood and stone in your inventory",
+    "Make Iron Sword": "craft an iron sword; needs a table and a furnace nearby and wood, coal and iron in your "
+                       "inventory",
+}
+CRAFTER_ACHIEVEMENT_NUMBER = {  # each achievement's number in BALROG's list
+    "Collect Coal": 18, "Collect Diamond": 22, "Collect Drink": 5, "Collect Iron": 19, "Collect Sapling": 4,
+    "Collect Stone": 10, "Collect Wood": 1, "Defeat Skeleton": 13, "Defeat Zombie": 9, "Eat Cow": 3, "Eat Plant": 12,
+    "Make Iron Pickaxe": 20, "Make Iron Sword": 21, "Make Stone Pickaxe": 14, "Make Stone Sword": 15,
+    "Make Wood Pickaxe": 6, "Make Wood Sword": 7, "Place Furnace": 17, "Place Plant": 8, "Place Stone": 11,
+    "Place Table": 2, "Wake Up": 16,
+}
 
 
 def _crafter_instruction(game):
-    acts = "\n".join(f"- {name}: {desc}" for name, desc in _crafter_help().items())
-    goals = ", ".join(a.replace("_", " ").title() for a in crafter.constants.achievements)
+    acts = "\n".join(f"- {name}: {CRAFTER_HELP[name]}" for name in CRAFTER_ACTIONS)
+    goals = "\n".join(f"{i}. {name}" for name, i in sorted(CRAFTER_ACHIEVEMENT_NUMBER.items(), key=lambda kv: kv[1]))
     return (
-        "You are playing Crafter, a 2-D survival game on a 64x64 grid: gather resources, craft tools, "
-        "keep health, food, drink and energy up, and fight zombies (grassland, night) and skeletons (caves).\n"
-        "Each step you choose one action; write its name exactly as shown (names are case-sensitive):\n"
-        f"{acts}\n"
-        f"There are 22 achievements, each counted once per episode: {goals}.\n"
-        "Goal: unlock as many of the achievements as you can."
+        "You are playing Crafter. Only the actions below are accepted by the game; each comes with a short "
+        f"explanation:\n\n{acts}\n\nThe achievements the game lets you unlock:\n{goals}\n\n"
+        "Next you will be shown the history of your actions and of what the game showed you.\n"
+        "Goal: get as far as you can by unlocking all of the achievements.\n\nPLAY!"
     )
 
 
@@ -437,8 +467,10 @@ GAME_FNS = {
 class Game:
     """One episode at a time of one env/task; per-env behaviour comes from GAME_FNS[env]."""
 
-    def __init__(self, env, task, max_steps=None, boxoban_dir=None):
-        self.env, self.task = env, task
+    def __init__(self, env, task, max_steps=None, boxoban_dir=None, text="automem"):
+        if text not in TEXT_MODES:
+            raise ValueError(f"unknown text mode {text!r}: choose one of {', '.join(TEXT_MODES)}")
+        self.env, self.task, self.text_mode = env, task, text
         self.max_steps = max_steps or MAX_STEPS[env]
         self.default_action = DEFAULT_ACTION[env]
         self._fn = GAME_FNS[env]
@@ -465,14 +497,15 @@ class Game:
         info = {"valid": valid, "executed": executed, **self._fn["score"](self, reward, env_done, env_info)}
         if self.done and info["end_reason"] is None:
             info["end_reason"] = "max_steps"
-        feedback = "" if valid else (f"Your previous reply had no valid action, so the default action "
-                                     f"'{self.default_action}' was taken.")
+        feedback = "" if valid else INVALID_ACTION.format(action=executed)  # BALROG's, added after the rewriting
         return self._observation(feedback), float(reward), self.done, info
 
     def _observation(self, feedback):
         long, short, state = self._fn["observe"](self)
-        text = (feedback + "\n\n" if feedback else "") + short + "\n" + long
-        return Observation(text=text, long=long, short=short, state=state, feedback=feedback)
+        if self.env != "crafter" and self.text_mode == "automem":
+            long, short = rewrite_nle_text(long), rewrite_nle_text(short)
+        long = feedback + long
+        return Observation(text=long + "\n" + short, long=long, short=short, state=state, feedback=feedback)
 
     def frame(self):
         """Crafter: RGB uint8 array (256, 256, 3); NetHack/MiniHack: the 24 tty lines as strings."""
@@ -500,7 +533,16 @@ def tasks(env, boxoban_dir=None):
     raise ValueError(f"unknown env {env!r}: choose one of {', '.join(ENVS)}")
 
 
-def make(env, task=None, max_steps=None, boxoban_dir=None):
+def action_names(env):
+    """Every action name of an env over all its tasks (a MiniHack task has a subset), or None when NLE is missing."""
+    if env == "crafter":
+        return list(CRAFTER_ACTIONS)
+    if load_nle():
+        return None
+    return list(MINIHACK_NAMES) if env == "minihack" else list(NETHACK_ACTIONS)
+
+
+def make(env, task=None, max_steps=None, boxoban_dir=None, text="automem"):
     """A Game for env ('crafter', 'minihack', 'nethack'). task defaults to 'default', 'NetHackChallenge-v0' or
     'MiniHack-MazeWalk-9x9-v0'; MiniHack takes any registered MiniHack-* id (BALROG's suite: MINIHACK_TASKS)."""
     if env not in ENVS:
@@ -513,4 +555,4 @@ def make(env, task=None, max_steps=None, boxoban_dir=None):
         raise ValueError(f"unknown MiniHack task {task!r}: use one of {', '.join(MINIHACK_TASKS)}")
     if env != "crafter" and load_nle():
         raise ValueError(NLE_MISSING)
-    return Game(env, task, max_steps, boxoban_dir)
+    return Game(env, task, max_steps, boxoban_dir, text)

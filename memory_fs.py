@@ -3,8 +3,8 @@
 An agent's memory is a flat directory of text files. The model edits it by writing ops in
 its reply, in the same action space as game actions (the paper's syntax):
 
-    <|READ|>notes.txt<|END|>               whole file (first lines when capped)
-    <|SEARCH|>notes.txt|tree<|END|>        case-insensitive substring; file * searches all files
+    <|READ|>notes.txt<|END|>               whole file
+    <|SEARCH|>notes.txt|tree<|END|>        case-insensitive substring, the last 1000 matches; file *: all files
     <|TAIL|>notes.txt|20<|END|>            last n lines (default 10)
     <|COUNT|>notes.txt|zombie<|END|>       number of matching lines (no keyword: all lines)
     <|APPEND|>notes.txt|tree at (3,4)<|END|>
@@ -48,6 +48,7 @@ OPS = ("READ", "SEARCH", "TAIL", "COUNT", "APPEND", "WRITE", "CREATE", "UPSERT",
 READ_OPS = ("READ", "SEARCH", "TAIL", "COUNT")
 WRITE_OPS = ("APPEND", "WRITE", "CREATE", "UPSERT")
 TEXT_SPLIT = {"APPEND": 1, "WRITE": 1, "CREATE": 1, "UPSERT": 2}  # maxsplit: the last arg keeps its '|'
+KEYWORD_OPS = ("SEARCH", "COUNT")  # file|keyword: the keyword keeps any further '|' (split at the first one only)
 MULTILINE = ("APPEND", "WRITE", "CREATE")  # their text may span lines; other ops end with their line
 TERMINATORS = ("END", "IM_END", "ENDOFTEXT", "EOT_ID")  # chat end tokens a model may emit close an op too
 USAGE = {op: f"<|{op}|>{args}<|END|>" for op, args in (  # shown to the model with errors
@@ -155,7 +156,7 @@ def _make_op(name, body, raw, aliases):
         parts = [p.strip() for p in (body.split("|", n) + [""] * n)[:n + 1]]
         key = spec["key"].format(*parts[:n])
         return Op(target, prefix + [key, _keyed(key, parts[n]) if parts[n] else ""], raw, name)
-    maxsplit = TEXT_SPLIT.get(target, -1)
+    maxsplit = TEXT_SPLIT.get(target, 1 if target in KEYWORD_OPS else -1)
     if maxsplit > 0:
         maxsplit -= len(prefix)
     args = [p.strip() for p in body.split("|", maxsplit)]
@@ -228,17 +229,28 @@ def _clip(s, n=60):
     return s if len(s) <= n else s[:n] + "…"
 
 
+def valid_name(name: str, max_len: int = 64) -> bool:
+    """A memory file name: ASCII letters, digits, . _ -; no leading dot, no '..', no folders."""
+    return len(name) <= max_len and ".." not in name and NAME.fullmatch(name) is not None
+
+
 # ----------------------------------------------------------------------------- the directory
 
 class MemoryFS:
     """One episode's memory directory. Existing plain files in `root` are loaded, then `files`
-    written over them. Names: ASCII letters, digits, . _ -; no leading dot, no '..'."""
+    written over them. Names: ASCII letters, digits, . _ -; no leading dot, no '..'.
+    Results as in the paper: READ and TAIL return whole files, SEARCH the last `max_result_lines` matches;
+    `max_result_chars` (None: no cap) also cuts READ/TAIL/SEARCH results to that many characters.
+    `search_all`: SEARCH/COUNT on file * look through every file (the authors' v0 has no such option)."""
 
     def __init__(self, root: str | Path, files: dict[str, str] | None = None, *, max_files=64,
-                 max_file_chars=200_000, max_result_lines=1000, max_result_chars=20_000, max_name_len=64):
+                 max_file_chars=200_000, max_result_lines=1000, max_result_chars=None, max_name_len=64,
+                 search_all=True):
         self.root = Path(root)
         self.max_files, self.max_file_chars = max_files, max_file_chars
         self.max_result_lines, self.max_result_chars = max_result_lines, max_result_chars
+        self.search_all = search_all
+        self.journal = None  # a list to record every successful write in ([op name, args], for replay), or None
         self.max_name_len = max_name_len
         self._files, self._low, self._chars = {}, {}, {}  # name -> lines, lowercased lines, size in chars
         self._handlers = {"READ": self._read, "SEARCH": self._search, "TAIL": self._tail, "COUNT": self._count,
@@ -264,7 +276,10 @@ class MemoryFS:
         if op.name not in allowed and op.alias not in allowed:
             return self._result(op, f"error: {op.alias or op.name} is not allowed here; allowed: {listed}", ok=False)
         try:
-            return self._handlers[op.name](op)
+            result = self._handlers[op.name](op)
+            if result.wrote and self.journal is not None:
+                self.journal.append([op.name, op.args])
+            return result
         except ValueError as e:
             return self._result(op, f"error: {e}", ok=False)
         except OSError as e:
@@ -288,8 +303,8 @@ class MemoryFS:
         return {name: self.read(name) for name in self.names()}
 
     def index(self) -> str:
-        """One line per file, sorted by name: "notes.txt (12 lines)"."""
-        return "\n".join(f"{name} ({_plural(len(self._files[name]), 'line')})" for name in self.names())
+        """One line per file, sorted by name: "  - notes.txt (12 lines)"."""
+        return "\n".join(f"  - {name} ({_plural(len(self._files[name]), 'line')})" for name in self.names())
 
     def apply(self, op: Op) -> None:
         """Replay a recorded op (replay only ops whose result had wrote=True). Read-only ops do
@@ -304,7 +319,7 @@ class MemoryFS:
         lines = self._files[self._existing(op)]
         if not lines:
             return self._result(op, "(empty file)")
-        shown, more = self._fit(lines, newest=False)
+        shown, more = self._fit(lines, newest=False, max_lines=None)
         note = f"; first {len(shown)} shown, {more} more not shown (use TAIL or SEARCH)" if more else ""
         return self._result(op, f"{_plural(len(lines), 'line')}{note}:\n" + "\n".join(shown))
 
@@ -314,7 +329,7 @@ class MemoryFS:
         hits = self._grep(op)
         if not hits:
             return self._result(op, "0 matches", matches=0)
-        shown, more = self._fit(hits, newest=True)
+        shown, more = self._fit(hits, newest=True, max_lines=self.max_result_lines)
         note = f" ({more} more older matches not shown)" if more else ""
         return self._result(op, f"{_plural(len(hits), 'match')}{note}:\n" + "\n".join(shown), matches=len(hits))
 
@@ -329,7 +344,7 @@ class MemoryFS:
             raise ValueError(f"needs a line count >= 1, got {_clip(n, 20)!r}: {USAGE['TAIL']}")
         if not lines:
             return self._result(op, "(empty file)")
-        shown, more = self._fit(lines[-int(n):], newest=True)
+        shown, more = self._fit(lines[-int(n):], newest=True, max_lines=None)
         note = f" ({more} more not shown)" if more else ""
         return self._result(op, f"last {len(shown)} of {_plural(len(lines), 'line')}{note}:\n" + "\n".join(shown))
 
@@ -405,24 +420,28 @@ class MemoryFS:
         head = " ".join([op.alias or op.name] + ["|".join(_clip(a) for a in shown)] * bool(shown))
         return OpResult(op, f"[{head}] {message}".rstrip(), ok, wrote, redundant, matches)
 
-    def _fit(self, lines, newest):
-        """The lines to show within max_result_lines/max_result_chars: the first or the newest (last)
-        ones; returns (shown, number not shown)."""
+    def _fit(self, lines, newest, max_lines):
+        """The lines to show within max_lines and max_result_chars (None: no cap): the first or the newest
+        (last) ones; returns (shown, number not shown)."""
+        max_chars = self.max_result_chars
+        if max_chars is None:
+            shown = lines[-max_lines:] if newest and max_lines else lines[:max_lines] if max_lines else lines
+            return list(shown), len(lines) - len(shown)
         shown, chars = [], 0
         for line in (reversed(lines) if newest else lines):
-            if len(shown) == self.max_result_lines or chars + len(line) + 1 > self.max_result_chars:
+            if len(shown) == max_lines or chars + len(line) + 1 > max_chars:
                 break
             shown.append(line)
             chars += len(line) + 1
         if not shown and lines:  # a single line longer than the whole budget: show its start
-            shown = [lines[-1 if newest else 0][:max(self.max_result_chars - 2, 0)] + " …"]
+            shown = [lines[-1 if newest else 0][:max(max_chars - 2, 0)] + " …"]
         return (shown[::-1] if newest else shown), len(lines) - len(shown)
 
     def _grep(self, op):
         """Lines matching op.args[1] (case-insensitive substring; none given: all lines) in op.args[0]
         or, for *, in every file (each line prefixed "file: ")."""
         keyword = _arg(op, 1).lower()
-        if op.args[:1] == ["*"]:
+        if op.args[:1] == ["*"] and self.search_all:
             return [f"{name}: {line}" for name in self.names()
                     for line, low in zip(self._files[name], self._low[name]) if keyword in low]
         name = self._existing(op)
@@ -442,7 +461,7 @@ class MemoryFS:
         return self._check(_unquote(op.args[0]))
 
     def _valid(self, name):
-        return len(name) <= self.max_name_len and ".." not in name and NAME.fullmatch(name) is not None
+        return valid_name(name, self.max_name_len)
 
     def _check(self, name):
         if not self._valid(name):
@@ -515,7 +534,7 @@ OP_ARGS = {  # GBNF for each op's arguments (rules defined in grammar())
 
 
 def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str] = (),
-            actions: Iterable[str] | None = None) -> str:
+            actions: Iterable[str] | None = None, search_all: bool = True) -> str:
     """A GBNF grammar (llama.cpp; vLLM's xgrammar) whose replies are only `ops`, written canonically,
     one per line: 1 to GRAMMAR_OPS ops (with DONE allowed: optionally ending with <|DONE|>, or
     <|DONE|> alone), or, with ACTION allowed, <|ACTION|>name<|END|> alone, so read results come
@@ -555,7 +574,7 @@ def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str
     names = [n for n in files if NAME.fullmatch(n)]
     rules.update({
         "file": choice(names) or "new-file",
-        "any-file": 'file | "*"',
+        "any-file": 'file | "*"' if search_all else "file",
         "new-file": '[A-Za-z0-9] [A-Za-z0-9_-]{0,39} ".txt"',
         "word": "[^|<\\n ] [^|<\\n]{0,39}",  # a word or phrase, starting with a non-space
         "text": f"[^<\\n ] [^<\\n]{{0,{GRAMMAR_TEXT - 1}}}",

@@ -31,7 +31,8 @@ SFT writes OUT/adapter_model.safetensors + adapter_config.json (peft), OUT/card.
 config, base model, losses) and OUT/checkpoints/ (resumable).
 The engine keeps runs/<name>/ledger.jsonl (one row per recipe; re-running resumes) and best.json;
 runs/<name>/iter_NN/ holds each proposal, select.py, data, adapter and eval run. A proposed select()
-must pass loop 1's static hook policy (meta_loop.py) and runs in a subprocess with a timeout.
+must pass the static hook policy (jail.check_source) and runs only in the jail (jail.py: `data --jail`),
+in a subprocess with a timeout.
 """
 import argparse
 import hashlib
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import automem
 import eval as evaluation
+import jail
 import llm
 import memory_fs
 import metrics
@@ -77,7 +79,7 @@ FIELDS = {  # what select() sees for each candidate turn (also shown to the meta
     "env": "crafter | minihack | nethack", "task": "task id", "seed": "episode seed", "source": "trace file",
     "step": "env step", "routine": "'log' or 'plan'", "turn": "call index in the routine (0 first)",
     "turns": "calls the routine made this step", "model": "'base' or 'memory' (who wrote the reply)",
-    "sent_back": "a PLAN attempt whose action the scaffold's check_action hook sent back",
+    "sent_back": "a PLAN turn whose committed action the scaffold's check_action hook sent back",
     "target": "the reply after post-processing (what is trained)", "reply": "the raw reply",
     "messages": "the chat: system, user, ..., assistant=target", "observation": "the step's observation text",
     "ops": "[[name, args], ...] memory ops the reply ran (DONE/ACTION excluded)",
@@ -169,24 +171,17 @@ def turn_counts(turn):
 def candidates(path):
     """Every LOG/PLAN turn of one trace as a candidate example, or None if it is no memory-agent trace."""
     header, steps, end = automem.read_trace(path)
-    if not header or header.get("agent") != "memory" or not header.get("system"):
+    if not header or header.get("agent") != "memory":
         return None
     productive, runs = step_flags(steps, end)
     final = end["progression"] if end else (steps[-1]["progression"] if steps else 0.0)
     out, before = [], 0.0
     for t, s in enumerate(steps):
-        gated = len(s.get("gate") or [])  # PLAN attempts that check_action sent back (they come first)
-        runs_ = []  # one entry per LOG/PLAN routine run: (routine, [(turn, the exact messages it was sent)])
-        for routine, turn, chat in automem.model_calls(header, s):
-            if len(chat) == 2:  # [system, first user message]: a routine run begins
-                runs_.append((routine, []))
-            runs_[-1][1].append((turn, chat))
-        plans = 0
-        for routine, mine in runs_:
-            sent_back = routine == "plan" and plans < gated
-            plans += routine == "plan"
+        refused = {g["turn"] for g in s.get("gate") or []}  # PLAN turns whose action check_action sent back
+        for routine, mine in automem.routine_runs(header, s):
             counts = [turn_counts(turn) for turn, _ in mine]
             for k, (turn, chat) in enumerate(mine):
+                sent_back = routine == "plan" and k in refused
                 target = postprocess(routine, turn["reply"])
                 out.append({
                     "env": header["env"], "task": header["task"], "seed": header["seed"], "source": str(path),
@@ -280,8 +275,15 @@ def print_summary(summary, out=None):
     print("  kept per routine: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["routines"].items())))
 
 
-def load_select(path):
-    """select() from a Python file (a recipe of the training engine)."""
+def load_select(path, jailed=False):
+    """select() from a Python file: run in this process, or with jailed=True (the engine's recipes, written by
+    a meta-LLM) in jail.py's jail, where it cannot touch files, processes, the network or the environment."""
+    if jailed:
+        jailed_select = jail.JailedHooks(path, names=["select"])
+        if "select" not in jailed_select:
+            raise ValueError(f"{path} defines no function select(example) -> (keep, rule)")
+        jailed_select.start()  # imports the file in the jail: HookError (a ValueError) if that fails
+        return jailed_select["select"]
     namespace = {"__name__": "recipe"}
     code = Path(path).read_text()
     try:
@@ -313,7 +315,7 @@ def summary_path(data):
 
 
 def cmd_data(args):
-    summary = build_dataset(args.runs, args.out, load_select(args.select) if args.select else select)
+    summary = build_dataset(args.runs, args.out, load_select(args.select, args.jail) if args.select else select)
     print_summary(summary, args.out)
 
 
@@ -640,10 +642,10 @@ def parse_proposal(text, env):
 
 
 def check_source(source):
-    """Loop 1's static hook policy (meta_loop.py) applied to a proposed select(): allowed imports only,
-    no file/process access, no exec/eval/getattr, no underscore names. It then runs in a subprocess."""
+    """The static hook policy (jail.check_source) applied to a proposed select(): allowed imports only,
+    no file/process access, no exec/eval/getattr, no underscore names. It then runs only in the jail."""
     try:
-        importlib.import_module("meta_loop").check_hooks_source(source, name="select.py")
+        jail.check_source(source, name="select.py")
     except ValueError as e:
         raise ValueError(f"select: {e}") from None
 
@@ -780,7 +782,8 @@ def run_engine(args, meta):
         data = d / "data.jsonl"
         if not summary_path(data).is_file():
             ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "data", "--runs", *map(str, args.runs),
-                                     "--select", str(d / "select.py"), "--out", str(data)], d / "data.log", args.select_timeout)
+                                     "--select", str(d / "select.py"), "--jail", "--out", str(data)], d / "data.log",
+                                    args.select_timeout)
             if not ok:
                 record({**row, "stage": "select", "reason": f"select: {reason}", "seconds": round(time.time() - t0, 1)})
                 continue
@@ -806,6 +809,9 @@ def run_engine(args, meta):
 
 
 def cmd_engine(args):
+    usable, why = jail.available()
+    if not usable:
+        raise ValueError(f"the jail does not work here ({why}): the meta-LLM's select() runs only in it")
     options = {"base_url": args.meta_base_url} if args.meta_base_url else {}
     meta = llm.load(args.meta_backend, args.meta_model, **options)
     try:
@@ -826,6 +832,8 @@ def parse_args(argv=None):
     d.add_argument("--runs", nargs="+", required=True, help="run folders (runs/<name>) or trace files")
     d.add_argument("--out", required=True, help="output JSONL (a .summary.json lands beside it)")
     d.add_argument("--select", help="a Python file defining select(example) -> (keep, rule) (default: the built-in rules)")
+    d.add_argument("--jail", action="store_true", help="run --select's file in the jail (jail.py), as the engine does "
+                   "with the meta-LLM's recipes")
 
     s = sub.add_parser("sft", help="LoRA / QLoRA SFT on a data JSONL")
     s.add_argument("--data", required=True)

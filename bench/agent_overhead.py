@@ -43,11 +43,11 @@ def policy(seed):
 
     def reply(messages):
         prompt = messages[-1]["content"]
-        if prompt.startswith("LOG phase"):
+        if len(messages) == 1 and "<|DONE|>" in prompt:  # LOG's first prompt (its prompts offer <|DONE|>)
             x, y = rng.randrange(79), rng.randrange(21)
-            return (f"<|SEARCH|>dungeon_map.txt|({x},{y})<|END|>\n<|UPSERT_MAP|>{x},{y}|floor, corridor north<|END|>\n"
+            return (f"<|SEARCH|>dungeon_map.txt|({x},{y})<|END|>\n<|APPEND|>dungeon_map.txt|({x},{y}): floor, corridor north<|END|>\n"
                     f"<|APPEND|>actions_log.txt|Step {rng.randrange(10**4)} moved, nothing new<|END|>\n<|DONE|>")
-        if prompt.startswith("PLAN phase"):
+        if len(messages) == 1:  # PLAN's first prompt
             return "I should check the rules for moving.\n<|SEARCH|>game_rules.txt|move<|END|>"
         return f"<|ACTION|>{rng.choice(MOVES)}<|END|>"
     return reply

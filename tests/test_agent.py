@@ -69,49 +69,117 @@ def test_turn_limit_then_fallback(tmp_path, game):
 
 
 def test_stuck_notice_when_observation_unchanged(tmp_path, game):
-    seen = []
+    plans = []
 
     def reply(messages):
-        seen.append(messages[-1]["content"])
-        return "<|ACTION|>Noop<|END|>" if "PLAN phase" in messages[-1]["content"] else "<|DONE|>"
+        if messages[0]["content"].startswith(game.instruction):  # PLAN's first message opens with the instruction
+            plans.append(messages[0]["content"])
+            return "<|ACTION|>Noop<|END|>"
+        return "<|DONE|>"
     scaffold = automem.load_scaffold(CRAFTER_V0)
-    agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), game, tmp_path / "m")
-    automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
-    plans = [s for s in seen if "PLAN phase" in s]
-    assert "NOTICE" not in plans[0] and "NOTICE" in plans[2]  # Noop twice: the view did not change
+    texts = scaffold["texts"]
+    agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), envs.make("crafter"), tmp_path / "m")
+    automem.run_episode(agent, agent.game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=5)
+    warning, repeat = texts["unchanged"], texts["repeat"].format(action="Noop")
+    assert warning not in plans[0] and repeat not in plans[0]
+    assert warning in plans[1] and warning in plans[2] and repeat in plans[2]  # Noop: the view did not change
+    assert texts["stuck"].format(count=3) in plans[3] and warning not in plans[3]  # from stuck_after (3) on
+    assert texts["stuck"].format(count=4) in plans[4]
+
+
+def hooked_scaffold(tmp_path, hooks, **yaml_edits):
+    """A copy of Crafter v0 with this hooks.py and these top-level scaffold.yaml keys."""
+    scaffold_dir = tmp_path / "scaffold"
+    shutil.copytree(CRAFTER_V0, scaffold_dir)
+    (scaffold_dir / "hooks.py").write_text(hooks)
+    path = scaffold_dir / "scaffold.yaml"
+    path.write_text(path.read_text() + "".join(f"\n{k}: {v}\n" for k, v in yaml_edits.items()))
+    return automem.load_scaffold(scaffold_dir)
 
 
 def test_hooks_observe_gate_and_after_log(tmp_path, game):
-    scaffold_dir = tmp_path / "scaffold"
-    shutil.copytree(CRAFTER_V0, scaffold_dir)
-    (scaffold_dir / "hooks.py").write_text(
+    scaffold = hooked_scaffold(tmp_path,
         "def observe(ctx):\n    return 'STEP-MARK %d' % ctx.step\n"
         "def check_action(ctx, action):\n    return 'standing still wastes time' if action == 'Noop' else None\n"
-        "def after_log(ctx):\n    ctx.memory.apply(__import__('memory_fs').Op('WRITE', ['status.txt', 'step %d' % ctx.step], ''))\n")
-    scaffold = automem.load_scaffold(scaffold_dir)
+        "def after_log(ctx):\n    ctx.write('WRITE', 'status.txt', 'step %d after %s' % (ctx.step, ctx.log_ops))\n")
     replies = ["<|ACTION|>Noop<|END|>", "<|ACTION|>Noop<|END|>", "<|ACTION|>Noop<|END|>",  # step 0: gate x2, then kept
                "<|DONE|>", "<|ACTION|>Do<|END|>"]
     agent, recs, _ = play(tmp_path, game, replies, scaffold=scaffold)
-    assert [(g["action"], g["reason"]) for g in recs[0]["gate"]] == [("Noop", "standing still wastes time")] * 2
-    assert recs[0]["action"] == "Noop" and len(recs[0]["gate"][0]["turns"]) == 1
+    assert [(g["action"], g["reason"], g["turn"]) for g in recs[0]["gate"]] == [
+        ("Noop", "standing still wastes time", 0), ("Noop", "standing still wastes time", 1)]
+    turns = recs[0]["plan"]["turns"]  # the refusals go back into the same PLAN chat, each costing a call
+    assert recs[0]["action"] == "Noop" and len(turns) == 3 and recs[0]["plan"]["ended"] == "action"
+    refusal = scaffold["texts"]["sent_back"].format(action="Noop", reason="standing still wastes time")
+    assert turns[1]["messages"] == [{"role": "user", "content": refusal}]
     assert recs[0]["hooks"]["observe"] == ["STEP-MARK 0"]
-    assert "STEP-MARK 1" in recs[1]["log"]["turns"][0]["messages"][0]["content"]
-    assert ["WRITE", ["status.txt", "step 1\n"]] in recs[1]["writes"]  # hook writes land in the trace
+    assert "STEP-MARK 1" in recs[1]["log"]["turns"][0]["messages"][0]["content"]  # {analysis} in LOG and PLAN
+    assert "STEP-MARK 1" in recs[1]["plan"]["turns"][0]["messages"][0]["content"]
+    # hook writes land in the trace like the model's, and after_log sees LOG's ops
+    assert recs[1]["writes"] == [["WRITE", ["status.txt", "step 1 after [['DONE', []]]"]]]
+    assert agent.memory.read("status.txt") == "step 1 after [['DONE', []]]\n"
+
+
+def test_slots_prompt_switch_repair_custom_op_and_memory_only(tmp_path, game):
+    hooks = ("def before_plan(ctx):\n"
+             "    return {'banner': 'BANNER %d' % ctx.step, 'prompt': 'plan_short' if ctx.step == 1 else None}\n"
+             "def repair_action(ctx, action):\n    return 'Do' if action == 'do it' else None\n"
+             "def custom_op(ctx, op):\n"
+             "    ctx.write('APPEND', 'marks.txt', '|'.join(op.args))\n    return 'marked ' + op.args[0]\n")
+    scaffold = hooked_scaffold(tmp_path, hooks, slots="[banner]", custom_ops="[MARK]")
+    scaffold["ops"]["log"] = scaffold["ops"]["log"] + ["MARK"]
+    scaffold["prompts"]["plan"] = "{banner}\n" + scaffold["prompts"]["plan"]
+    scaffold["prompts"]["plan_short"] = "SHORT {banner} {observation}"
+    replies = ["<|ACTION|>do it<|END|>", "<|MARK|>3,4|tree<|END|><|DONE|>", "<|ACTION|>Noop<|END|>"]
+    agent, recs, _ = play(tmp_path, game, replies, scaffold=scaffold)
+    assert recs[0]["plan"]["turns"][0]["messages"][0]["content"].startswith("BANNER 0\n" + game.instruction)
+    assert recs[1]["plan"]["turns"][0]["messages"][0]["content"].startswith("SHORT BANNER 1 ")
+    assert recs[1]["plan"]["template"] == "plan_short" and "template" not in recs[0]["plan"]
+    assert recs[0]["repaired"] == ["do it", "Do"] and recs[0]["action"] == "Do" and recs[0]["valid"]
+    assert recs[1]["log"]["turns"][0]["results"][0]["text"] == "marked 3,4"
+    assert recs[1]["writes"] == [["APPEND", ["marks.txt", "3,4|tree"]]] and agent.memory.read("marks.txt") == "3,4|tree\n"
+    # memory-only: programmatic context (before_plan here) off; repair and custom ops stay
+    agent, recs, _ = play(tmp_path, game, replies, scaffold=scaffold, context="memory-only")
+    assert "BANNER" not in recs[0]["plan"]["turns"][0]["messages"][0]["content"]
+    assert recs[0]["action"] == "Do" and agent.memory.read("marks.txt") == "3,4|tree\n"
+
+
+def test_log_runs_ops_written_after_done_and_a_reply_without_allowed_ops_ends(tmp_path, game):
+    replies = ["<|ACTION|>Noop<|END|>", "<|DONE|> <|APPEND|>strategy.txt|after done<|END|>",
+               "<|APPEND|>strategy.txt|not in PLAN<|END|>"]
+    agent, recs, _ = play(tmp_path, game, replies)
+    assert recs[1]["log"]["ended"] == "done" and agent.memory.read("strategy.txt") == "after done\n"
+    assert recs[1]["plan"]["ended"] == "no_op" and len(recs[1]["plan"]["turns"]) == 1 and recs[1]["fallback"]
+
+
+def test_fallback_is_the_scaffolds_where_the_task_has_it():
+    scaffold = automem.load_scaffold(ROOT / "scaffolds" / "minihack" / "v0")
+    assert scaffold["fallback_action"] == "search"
+    backend = llm.load("scripted", replies=["unused"])
+    corridor = automem.Agent(scaffold, backend, envs.make("minihack", "MiniHack-Corridor-R3-v0"), "unused")
+    maze = automem.Agent(scaffold, backend, envs.make("minihack", "MiniHack-MazeWalk-9x9-v0"), "unused")
+    assert (corridor.fallback, maze.fallback) == ("search", "north")  # MazeWalk has no search: the env default
 
 
 def test_two_model_split(tmp_path, game):
     memory_replies = ["<|SEARCH|>strategy.txt|tree<|END|>", "<|ACTION|>Sleep<|END|>",   # step 0 consult, action dropped
                       "<|APPEND|>strategy.txt|find trees<|END|><|DONE|>",                # step 1 LOG
-                      "<|ACTION|>Sleep<|END|>"]                                          # step 1 consult
+                      "<|SEARCH|>strategy.txt|trees<|END|> <|ACTION|>Sleep<|END|>"]      # step 1 consult
     base_replies = ["<|ACTION|>Move East<|END|>", "<|ACTION|>Do<|END|>"]
     agent, recs, _ = play(tmp_path, game, base_replies, memory_llm=llm.load("scripted", replies=memory_replies))
     assert [r["action"] for r in recs] == ["Move East", "Do"]
-    plan0 = recs[0]["plan"]["turns"]
+    plan0, plan1 = recs[0]["plan"]["turns"], recs[1]["plan"]["turns"]
     assert [t["model"] for t in plan0] == ["memory", "memory", "base"] and plan0[1]["dropped_action"] == "Sleep"
     assert {t["model"] for t in recs[1]["log"]["turns"]} == {"memory"}
-    # the base model continues the same chat, which holds the consultation's search result
+    # the base model continues the same chat, which holds the consultation's search result and a hand-off
     assert "[SEARCH strategy.txt|tree]" in plan0[1]["messages"][0]["content"]
-    assert plan0[2]["messages"][0]["role"] == "user" and len(plan0[2]["messages"]) == 1
+    texts = agent.scaffold["texts"]
+    assert plan0[1]["kept"] == texts["consult_done"] and plan0[2]["messages"] == [{"role": "user", "content": texts["handoff"]}]
+    # a consultation that read and proposed in one reply: its results travel with the hand-off, the action tag is cut
+    assert plan1[0]["kept"] == "<|SEARCH|>strategy.txt|trees<|END|>"
+    assert plan1[1]["messages"][0]["content"].startswith(texts["handoff_results"].split("{results}")[0])
+    assert "find trees" in plan1[1]["messages"][0]["content"]
+    _, chat = list(automem.routine_runs({"system": ""}, recs[1]))[-1][1][-1]  # what the base model was sent
+    assert chat[-2] == {"role": "assistant", "content": plan1[0]["kept"]}
 
 
 @pytest.mark.slow
@@ -121,7 +189,8 @@ def test_two_model_split_on_transformers_keeps_the_action_call_base_only(tmp_pat
     split = llm.load("transformers", adapters={"memory": lora_dir})
     scaffold = automem.load_scaffold(CRAFTER_V0)
     scaffold["limits"].update(log_turns=1, plan_turns=3, max_tokens=16)
-    scaffold["prompts"]["system"] = "Use <|SEARCH|>file|word<|END|> and <|ACTION|>name<|END|>. Actions: {actions}"  # short: CPU time
+    scaffold["prompts"].update(log="Log with <|APPEND|>file|text<|END|>. {observation}",  # short: CPU time
+                               plan="Use <|SEARCH|>file|word<|END|> and <|ACTION|>name<|END|>. {actions}\n{observation}")
     agent = automem.Agent(scaffold, split, game, tmp_path / "mem", memory_adapter="memory", seed=7)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=2)
     header, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
@@ -156,10 +225,19 @@ def test_sliding_window_keeps_16_messages(tmp_path):
 
 @pytest.mark.parametrize("edit,message", [
     (lambda y: y.replace("name: crafter-v0", "name: [unclosed"), "line "),
-    (lambda y: y.replace("Your previous action (step {step})", "Your previous action {oops}"), "unknown placeholder"),
+    (lambda y: y.replace("{prev_action}", "{oops}"), "unknown placeholder"),
     (lambda y: y.replace("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]"), "ACTION"),
     (lambda y: y.replace("  log: [READ,", "  log: [FLY, READ,"), "FLY"),
-    (lambda y: y.replace("\nops:\n", "\nops: [READ]\nunused:\n"), "ops must be a mapping"),
+    (lambda y: y.replace("\nops:\n", "\nops: [READ]\naliases:\n"), "ops must be a mapping"),
+    (lambda y: y.replace("  log_turns: 10", "  log_turns: ten"), "limits.log_turns must be a whole number"),
+    (lambda y: y.replace("  log_turns: 10", "  log_turns: 0"), "limits.log_turns must be a whole number >= 1"),
+    (lambda y: y.replace("  strategy.txt: \"\"", "  strategy.txt: 5"), "files.strategy.txt must be text"),
+    (lambda y: y.replace("  strategy.txt: \"\"", "  ../x.txt: \"\""), "bad file name '../x.txt'"),
+    (lambda y: y.replace("name: crafter-v0", "name: [a, b]"), "name must be a non-empty string"),
+    (lambda y: y.replace("fallback_action: Noop", "fallback_action: Fly"), "'Fly' is not a crafter action"),
+    (lambda y: y.replace("grammar: false", "grammar: false\nwhatever: 1"), "unknown key"),
+    (lambda y: y + "\ntexts:\n  stuck: 'stuck {steps}'\n", "texts.stuck uses unknown placeholder"),
+    (lambda y: y + "\ntasks:\n  Boxoban: {fallback_action: Fly}\n", "tasks.Boxoban"),
     (lambda y: y.replace("grammar: false", "grammar: maybe"), "grammar must be true or false"),
 ])
 def test_scaffold_validation(tmp_path, edit, message):
@@ -200,11 +278,30 @@ def test_grammar_for_the_baselines(tmp_path, game, kind):
     assert reply == recs[0]["action"] if kind == "window" else reply.endswith("ACTION: " + recs[0]["action"])
 
 
-def test_v0_scaffolds_load_and_fit_their_envs():
+def test_v0_scaffolds_are_the_authors_v0():
     for env in envs.ENVS:
         s = automem.load_scaffold(ROOT / "scaffolds" / env / "v0")
-        assert s["env"] == env and len(s["hash"]) == 12
-    assert set(automem.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")["hooks"]) == {"observe"}
+        assert s["env"] == env and len(s["hash"]) == 12 and s["prompts"]["system"] == "" and not s["grammar"]
+        assert s["ops"] == {"log": ["READ", "SEARCH", "TAIL", "COUNT", "APPEND", "WRITE", "CREATE", "DONE"],
+                            "plan": ["READ", "SEARCH", "TAIL", "COUNT", "ACTION"]}  # no UPSERT, no UPSERT_MAP
+        assert not s["search_all"] and not s["aliases"] and not s["custom_ops"] and s["limits"] == automem.LIMITS
+        assert s["fallback_action"] == {"crafter": "Noop"}.get(env, "search")
+        assert set(s["hooks"]) == ({"repair_action"} if env == "crafter" else {"observe", "repair_action"})
+        # LOG shows no instruction; PLAN opens with it (MiniHack/NetHack: the memory agent's own, inline)
+        assert "{instruction}" not in s["prompts"]["log"] and ("{instruction}" in s["prompts"]["plan"]) == (env == "crafter")
+    files = {env: automem.load_scaffold(ROOT / "scaffolds" / env / "v0")["files"] for env in envs.ENVS}
+    assert sorted(files["crafter"]) == ["actions_log.txt", "crafting_progress.txt", "map_notes.txt", "strategy.txt",
+                                        "survival_log.txt"] and not any(files["crafter"].values())
+    assert set(files["nethack"]) - set(files["minihack"]) == {"monster_encounters.txt"}
+    for name, chars, lines in (("game_rules.txt", 3414, 33), ("nethack_symbols.txt", 1832, 65)):
+        text = files["nethack"][name]  # our words, the authors' facts, about their length
+        assert text == files["minihack"][name] and abs(len(text) - chars) < 0.15 * chars and text.count("\n") == lines
+
+
+def test_repair_two_step():
+    assert automem.repair_two_step("eat d") == "eat" and automem.repair_two_step("open north") == "open"
+    assert automem.repair_two_step("far east") == "far east" and automem.repair_two_step(" north ") == "north"
+    assert automem.repair_two_step("Move West") == "Move West" and automem.repair_two_step("far away") == "far away"
 
 
 def scaffold_with_fallback(tmp_path, action):
@@ -227,8 +324,18 @@ def test_fallback_action_must_be_a_game_action(tmp_path, game):
 
 
 def test_map_analysis():
-    rows = ["-----", "|.@>|", "|...|", "-----"]
-    text = automem.nle_map_analysis(rows, 2, 1)
-    assert "can move: east '>', southeast '.', south '.', southwest '.', west '.'" in text
-    assert "blocked: north '-', northeast '-', northwest '-'" in text
-    assert "stairs down '>' 1 tile(s) east" in text
+    text = "\n".join(["message:", "You see here a jackal.", "", "map:",
+                      "  -----      ",
+                      "  |.@>|   >  ",
+                      "",                 # a blank row is skipped: the row below counts as south (their rule)
+                      "  |+d}|      ",
+                      "  -----      "])
+    lines = automem.nle_map_analysis(text).split("\n")
+    assert lines[0] == "MAP ANALYSIS (computed from the map):"
+    assert "STAIRS NEXT TO YOU: east: '>' stairs down, step onto it!" in lines
+    assert "STAIRS IN VIEW: '>' about 6 tiles east" in lines
+    assert "MONSTERS NEXT TO YOU: south: 'd' (attack by moving into it)" in lines
+    assert "DOORS: southwest: '+' closed door ('open' it)" in lines and "DANGER: southeast: '}' dangerous" in lines
+    assert ("CAN MOVE: south (monster 'd'), east (stairs down '>'), west ('.'), southwest (door '+')") in lines
+    assert "BLOCKED: north (wall '-'), northeast (wall '-'), northwest (wall '-')" in lines
+    assert automem.nle_map_analysis("no map here") == ""

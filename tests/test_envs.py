@@ -60,7 +60,7 @@ def test_crafter_actions_and_ids():
 def test_crafter_text_structure_and_determinism():
     game = envs.make("crafter")
     obs = game.reset(42)
-    assert obs.text == obs.short + "\n" + obs.long and obs.feedback == ""
+    assert obs.text == obs.long + "\n" + obs.short and obs.feedback == ""
     assert obs.short.startswith("Your status:\n- health: 9/9\n- food: 9/9\n- drink: 9/9\n- energy: 9/9\n\n")
     assert obs.short.endswith("You have nothing in your inventory.")
     lines = obs.long.split("\n")
@@ -80,9 +80,11 @@ def test_crafter_invalid_action_feedback_and_limit():
     game.reset(42)
     obs, _, done, info = game.step("move west")  # BALROG's names are case-sensitive
     assert (info["valid"], info["executed"], done) == (False, "Noop", False)
-    assert obs.text.startswith(obs.feedback + "\n\n") and "no valid action" in obs.feedback and "'Noop'" in obs.feedback
+    # BALROG's line, in the long context before the observation
+    assert obs.feedback == envs.INVALID_ACTION.format(action="Noop") and obs.long.startswith(obs.feedback + "You see")
+    assert obs.text == obs.long + "\n" + obs.short and "Defaulted to action: Noop\n" in obs.feedback
     obs, _, _, info = game.step("Move West")
-    assert info["valid"] and obs.feedback == "" and obs.text.startswith("Your status:")
+    assert info["valid"] and obs.feedback == "" and obs.text.startswith("You see")
     _, _, done, info = game.step("Noop")
     assert done and info["end_reason"] == "max_steps"
     with pytest.raises(ValueError, match="reset"):
@@ -113,11 +115,14 @@ def test_minihack_text_structure_and_determinism():
     game = envs.make("minihack", "MiniHack-MazeWalk-9x9-v0")
     assert (game.default_action, game.max_steps) == ("north", 100)
     obs = game.reset(42)
-    assert obs.short.startswith("inventory:\n") and obs.text == obs.short + "\n" + obs.long
+    assert obs.short.startswith("inventory:\n") and obs.text == obs.long + "\n" + obs.short
     positions = [obs.long.index(section) for section in NLE_SECTIONS]
     assert positions == sorted(positions) and positions[0] == 0
     glyph_lines = obs.long.split("language observation:\n")[1].split("\n\ncursor:")[0].split("\n")
-    assert any(re.fullmatch(r"dark area (adjacent|very near|near|far|very far) [a-z, ]+", line) for line in glyph_lines)
+    steps = r"(1 step away \(directly reachable\)|2 steps away|3-4 steps away|5-8 steps away|9\+ steps away)"
+    assert any(re.fullmatch(rf"dark area {steps} [a-z, ]+", line) for line in glyph_lines)  # the authors' text
+    balrog = envs.make("minihack", "MiniHack-MazeWalk-9x9-v0", text="balrog").reset(42)
+    assert envs.rewrite_nle_text(balrog.long) == obs.long and "adjacent" in balrog.long and "adjacent" not in obs.long
     assert re.search(r"\ncursor:\nYourself a \w+\n\(x=\d+, y=\d+\)\n", obs.long)
     map_lines = obs.long.split("\n\nmap:\n")[1].split("\n")
     assert len(map_lines) == 25 and map_lines[-2:] == ["", ""] and "Dlvl:1" in map_lines[22]
@@ -134,7 +139,8 @@ def test_minihack_invalid_action_runs_north():
     game.reset(42)
     obs, _, _, info = game.step("wait")  # a real NetHack action, but not in MazeWalk's action set
     assert (info["valid"], info["executed"]) == (False, "north")
-    assert obs.text.startswith(obs.feedback + "\n\ninventory:\n") and "'north'" in obs.feedback
+    assert obs.long.startswith(obs.feedback + "message:\n") and obs.feedback.endswith(
+        "Defaulted to action: north\n\nObservation:\n")
 
 
 def test_minihack_real_success_episode():
@@ -223,7 +229,7 @@ def test_nethack_invalid_and_number_actions():
     game = envs.make("nethack")
     game.reset(42)
     obs, _, _, info = game.step("North")
-    assert (info["valid"], info["executed"]) == (False, "esc") and "'esc'" in obs.feedback
+    assert (info["valid"], info["executed"]) == (False, "esc") and "Defaulted to action: esc\n" in obs.feedback
     turn = obs.state["blstats"]["time"]
     obs, _, done, info = game.step("05")  # crashes BALROG's step; here it types "0" then "5" (a count)
     assert info["valid"] and info["executed"] == "05" and not done
@@ -283,3 +289,29 @@ def test_unknown_names_are_clear_errors():
         envs.make("minihack", "MazeWalk")
     with pytest.raises(ValueError, match="one task"):
         envs.make("nethack", "NetHackScore-v0")
+
+
+# ----------------------------------------------------------------------------- the authors' text
+@pytest.mark.parametrize("before, after", [
+    ("a jackal adjacent east", "a jackal 1 step away (directly reachable) east"),
+    ("stairs very near north", "stairs 2 steps away north"),
+    ("doorway very far west", "doorway 9+ steps away west"),   # "very far" before "far"
+    ("wall near south", "wall 3-4 steps away south"),
+    ("fountain far east", "fountain 5-8 steps away east"),
+    ("dark area near northnortheast", "dark area 3-4 steps away between north and northeast"),
+    ("x eastnortheast y eastsoutheast", "x between east and northeast y between east and southeast"),
+    ("southsoutheast southsouthwest", "between south and southeast between south and southwest"),
+    ("westsouthwest westnorthwest northnorthwest", "between west and southwest between west and northwest "
+                                                   "between north and northwest"),
+    ("nearby farther Adjacent nearly", "nearby farther Adjacent nearly"),  # whole words only, case-sensitive
+    ("northeast far east", "northeast 5-8 steps away east"),               # plain directions stay
+])
+def test_nle_rewriting(before, after):
+    assert envs.rewrite_nle_text(before) == after
+
+
+def test_text_mode_is_checked_and_crafter_is_untouched():
+    with pytest.raises(ValueError, match="text mode"):
+        envs.make("crafter", text="fancy")
+    a, b = envs.make("crafter").reset(42), envs.make("crafter", text="balrog").reset(42)
+    assert a.text == b.text

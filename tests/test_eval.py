@@ -1,6 +1,8 @@
 """eval.py end to end on the real envs with the scripted backend: files written, results, resume,
 clear errors for bad input."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,7 @@ VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
 def scripted(env, calls):
     def reply(messages):
         calls.append(messages[-1]["content"])
-        if "PLAN phase" in messages[-1]["content"]:
+        if "<|DONE|>" not in messages[-1]["content"]:  # LOG's prompts offer <|DONE|>, PLAN's do not
             return f"<|SEARCH|>strategy.txt|x<|END|> <|ACTION|>{VALID[env]}<|END|>"
         return "<|APPEND|>actions_log.txt|moved<|END|> <|DONE|>"
     return llm.load("scripted", replies=reply)
@@ -87,20 +89,71 @@ def test_same_seeds_same_numbers(tmp_path):
     (["--scaffold", "no/such/dir"], "no scaffold at"),
     (["--backend", "openai"], "needs --model"),
     (["--grammar", "on", "--backend", "transformers"], "no grammar-constrained decoding"),
+    (["--max-steps", "-1"], "--max-steps -1: must be at least 1"),  # was a finished 0-step episode
+    (["--max-steps", "0"], "--max-steps 0: must be at least 1"),  # was no limit
+    (["--episodes", "0"], "--episodes 0: must be at least 1"),  # was every seed
+    (["--episodes", "-1"], "--episodes -1: must be at least 1"),  # was all seeds but the last
+    (["--episodes", "11"], "has 10 seeds for crafter"),  # was 10
+    (["--workers", "0"], "--workers 0: must be at least 1"),  # was a traceback
+    (["--run-name", "../../x"], "leads outside --runs-dir"),
+    (["--run-name", "/tmp/automem-abs-run"], "leads outside --runs-dir"),
+    (["--env", "minihack", "--task", "MiniHack-Boxoban-Hard-v0", "--boxoban-dir", "/no/levels"],
+     "pass --boxoban-dir DIR to eval.py"),  # was a traceback in the episode, after the run folder was made
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
-        evaluation.main(argv + ["--runs-dir", str(tmp_path)])
+        evaluation.main(argv + ["--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and not Path("/tmp/automem-abs-run").exists()  # no run folder anywhere
 
 
-def test_malformed_seeds_file(tmp_path, capsys):
+@pytest.mark.parametrize("content,message", [
+    ("crafter: 42 43\nminihack 42\n", "line 2: expected 'env: 42 43 ...'"),
+    ("crafter:\n", "line 1: 'crafter:' needs one or more seeds"),  # was exit 0 with an empty table
+    ("crafter: 42 -1\n", "line 1: 'crafter: 42 -1' needs one or more seeds from 0 to 4294967295"),  # was a traceback
+    (None, "cannot read seeds file"),  # a folder: was a traceback
+])
+def test_malformed_seeds_file(tmp_path, capsys, content, message):
     seeds = tmp_path / "seeds.txt"
-    seeds.write_text("crafter: 42 43\nminihack 42\n")
-    with pytest.raises(SystemExit):
-        evaluation.main(["--seeds", str(seeds), "--runs-dir", str(tmp_path)])
-    assert "line 2" in capsys.readouterr().err
+    seeds.write_text(content) if content else seeds.mkdir()
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(["--seeds", str(seeds), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_4bit_without_bitsandbytes_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed (find_spec gives None)
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(["--backend", "transformers", "--model", "m", "--load-4bit", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pip install bitsandbytes" in err and err.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("plant,message", [
+    (lambda r: (r / "config.json").write_text("[1, 2]"), "config.json is not an eval.py config"),
+    (lambda r: (r / "traces").write_text("x"), "Not a directory"),  # a file where a folder goes
+    (lambda r: (r / "traces" / "crafter" / "default__00.jsonl").mkdir(parents=True), "in the way of a trace"),
+])
+def test_occupied_run_paths_are_one_line(tmp_path, capsys, plant, message):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    plant(run_dir)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "crafter", [])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != ".lock") == before
+
+
+def test_unwritable_runs_dir_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:  # /sys refuses new folders, even to root
+        evaluation.main(["--env", "crafter", "--runs-dir", "/sys/automem-runs", "--run-name", "r"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: cannot use /sys/automem-runs") and err.count("\n") == 1
 
 
 def test_changed_config_does_not_clobber_a_run(tmp_path, capsys):

@@ -225,7 +225,7 @@ def test_write_through_reopen_and_index(fs):
         assert (fs.root / name).read_text() == fs.read(name)
     assert sorted(os.listdir(fs.root)) == fs.names()
     assert MemoryFS(fs.root).snapshot() == fs.snapshot()
-    assert fs.index() == "dungeon_map.txt (1 line)\nnotes.txt (4 lines)\nplan.txt (2 lines)"
+    assert fs.index() == "  - dungeon_map.txt (1 line)\n  - notes.txt (4 lines)\n  - plan.txt (2 lines)"
     with pytest.raises(FileNotFoundError):
         fs.read("nope.txt")
 
@@ -254,11 +254,38 @@ def test_caps_are_reported_as_op_results(tmp_path):
     assert not big.ok and "over the limit of 100" in big.text and fs.read("a.txt") == ""
     results = run(fs, "<|APPEND|>a.txt|0123456789<|END|>" * 12)
     assert [r.ok for r in results] == [True] * 9 + [False] * 3 and len(fs.read("a.txt")) == 99
-    read, = run(fs, "<|READ|>a.txt<|END|>")
-    assert read.text.count("\n") == 3 and "6 more not shown" in read.text
+    read, = run(fs, "<|READ|>a.txt<|END|>")  # READ has no line cap; 50 characters hold 4 lines of 11
+    assert read.text.count("\n") == 4 and "first 4 shown, 5 more not shown" in read.text
+    search, = run(fs, "<|SEARCH|>a.txt|0123<|END|>")  # SEARCH: the newest 3 lines
+    assert search.text.count("\n") == 3 and "9 matches (6 more older matches not shown)" in search.text
     run(fs, "<|WRITE|>b.txt|" + "y" * 90 + "<|END|>")
     long_line, = run(fs, "<|READ|>b.txt<|END|>")
     assert long_line.text.endswith("y" * 48 + " …")  # one line over the char cap: its start, marked
+
+
+def test_the_papers_caps_read_whole_files_and_the_last_1000_matches(tmp_path):
+    lines = [f"line {i} tree" for i in range(2000)]
+    fs = MemoryFS(tmp_path, {"big.txt": "\n".join(lines)})  # the defaults are the paper's
+    read, = run(fs, "<|READ|>big.txt<|END|>")
+    assert read.text.split("\n")[1:] == lines  # a 2,000-line file reads whole
+    tail, = run(fs, "<|TAIL|>big.txt|1500<|END|>")
+    assert tail.text.split("\n")[1:] == lines[-1500:]
+    search, = run(fs, "<|SEARCH|>big.txt|tree<|END|>")
+    assert search.matches == 2000 and search.text.split("\n")[1:] == lines[-1000:]  # the last 1000 matches
+    assert search.text.startswith("[SEARCH big.txt|tree] 2000 matches (1000 more older matches not shown):")
+
+
+def test_search_keyword_keeps_its_pipes_and_star_is_a_setting(tmp_path):
+    fs = MemoryFS(tmp_path, {"a.txt": "x | y\nx\n", "b.txt": "x | y in b\n"})
+    hit, count = run(fs, "<|SEARCH|>a.txt|x | y<|END|><|COUNT|>a.txt|x | y<|END|>")
+    assert hit.op.args == ["a.txt", "x | y"] and hit.matches == 1 and count.matches == 1  # cut at the first '|' only
+    everywhere, = run(fs, "<|SEARCH|>*|x | y<|END|>")
+    assert everywhere.matches == 2 and "b.txt: x | y in b" in everywhere.text
+    v0 = MemoryFS(tmp_path / "v0", {"a.txt": "x\n"}, search_all=False)  # the authors' v0 has no '*'
+    star, = run(v0, "<|SEARCH|>*|x<|END|>")
+    assert not star.ok and "bad file name" in star.text
+    assert '"*"' not in grammar(["SEARCH"], files=["a.txt"], search_all=False)
+    assert '"*"' in grammar(["SEARCH"], files=["a.txt"])
 
 
 # ----------------------------------------------------------------------------- sandbox

@@ -41,7 +41,7 @@ def agent_reply(messages):
     hint = re.search(r"^HINT: (.+)$", text, re.M)
     if hint:
         return f"<|ACTION|>{hint.group(1)}<|END|>"
-    return "<|DONE|>" if "LOG phase" in text else "<|ACTION|>Noop<|END|>"
+    return "<|DONE|>" if "<|DONE|>" in text else "<|ACTION|>Noop<|END|>"  # LOG's prompts offer <|DONE|>
 
 
 def proposal(hooks=None, yaml=YAML, why="steer to trees"):

@@ -19,7 +19,7 @@ MOVES = ["Move West", "Move East", "Move North", "Move South", "Do"]
 def reply(messages):
     text = messages[-1]["content"]
     h = zlib.crc32(text.encode())
-    if text.startswith("LOG phase"):
+    if "<|DONE|>" in text:  # LOG's prompts offer <|DONE|>, PLAN's do not
         return f"<|APPEND|>actions_log.txt|seen {h % 97}<|END|><|DONE|>"
     return f"<|SEARCH|>actions_log.txt|seen<|END|><|ACTION|>{MOVES[h % 5]}<|END|>"
 evaluation.WORKER["llm"] = llm.load("scripted", replies=reply)

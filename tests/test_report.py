@@ -180,10 +180,10 @@ def scripted_run(env, out, steps, seed=42, kind="memory", run="demo-v0"):
     def reply(messages):
         if kind == "cot":
             return "Explore.\nACTION: " + rnd.choice(actions)
-        if messages[1]["content"].startswith("LOG"):
+        if "<|DONE|>" in messages[0]["content"]:  # LOG's prompts offer <|DONE|>, PLAN's do not
             return (f"<|APPEND|>{rnd.choice(names)}|seen {len(messages)} {rnd.randint(0, 2)}<|END|>\n"
                     f"<|SEARCH|>{rnd.choice(names)}|seen 3<|END|>\n<|DONE|>")
-        return f"<|SEARCH|>*|tree<|END|> <|ACTION|>{rnd.choice(actions)}<|END|>"
+        return f"<|SEARCH|>{rnd.choice(names)}|tree<|END|> <|ACTION|>{rnd.choice(actions)}<|END|>"
 
     agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), game, out.parent / "memory" / out.stem, kind=kind)
     try:

@@ -42,8 +42,8 @@ def turn(ops, reply=None):
 
 
 def write_trace(path, steps, *, env="crafter", task="default", seed=1000, progression=0.0, agent="memory"):
-    """steps: dicts with optional obs, log/plan (lists of turns), gate (list of sent-back PLAN attempts,
-    each a list of turns), action, valid, fallback, progression."""
+    """steps: dicts with optional obs, log/plan (lists of turns), gate (the PLAN turns whose action check_action
+    sent back), action, valid, fallback, progression."""
     lines = [{"type": "episode", "env": env, "task": task, "seed": seed, "agent": agent,
               "system": SYSTEM if agent == "memory" else None, "files": {}, "actions": ["Noop"], "max_steps": 100}]
     for i, s in enumerate(steps):
@@ -57,7 +57,7 @@ def write_trace(path, steps, *, env="crafter", task="default", seed=1000, progre
         for routine in ("log", "plan"):
             if routine in s:
                 rec[routine] = {"turns": calls(routine, s[routine]), "ended": "done", "action": None}
-        rec["gate"] = [{"action": "Do", "reason": "unsafe", "turns": calls("plan", g)} for g in s.get("gate", [])]
+        rec["gate"] = [{"action": "Do", "reason": "unsafe", "turn": k} for k in s.get("gate", [])]
         lines.append(rec)
     lines.append({"type": "end", "steps": len(steps), "progression": progression, "final_observation": "the end"})
     path = Path(path)
@@ -67,8 +67,8 @@ def write_trace(path, steps, *, env="crafter", task="default", seed=1000, progre
 
 
 def verdicts(path):
-    """{(step, routine, turn): rule} for every turn of a trace (post-processing rules included); PLAN
-    attempts that were sent back are keyed (step, "plan", turn, True), the final one also with False."""
+    """{(step, routine, turn): rule} for every turn of a trace (post-processing rules included), also keyed
+    (step, routine, turn, sent_back)."""
     out = {}
     for ex in train_lora.candidates(path):
         rule = "post:no_memory_op" if not train_lora.has_memory_op(ex["target"]) else train_lora.select(ex)[1]
@@ -85,10 +85,10 @@ GOOD_PLAN = {"plan": [turn([S(), ACT])]}
 @pytest.mark.parametrize("name, steps, kw, where, rule", [
     ("fallback keeps", [GOOD_PLAN], {}, (0, "plan", 0), "keep:search_then_productive_action"),
     ("fallback drops", [{**GOOD_PLAN, "fallback": True}], {}, (0, "plan", 0), "drop:fallback"),
-    ("sent-back attempt drops", [{"gate": [[turn([S(word="lava"), ACT])]], **GOOD_PLAN}], {}, (0, "plan", 0, True),
-     "drop:sent_back"),
-    ("attempt after it keeps", [{"gate": [[turn([S(word="lava"), ACT])]], **GOOD_PLAN}], {}, (0, "plan", 0, False),
-     "keep:search_then_productive_action"),
+    ("sent-back turn drops", [{"plan": [turn([S(word="lava"), ACT]), turn([S(), ACT])], "gate": [0]}], {},
+     (0, "plan", 0, True), "drop:sent_back"),
+    ("the turn after it keeps", [{"plan": [turn([S(word="lava"), ACT]), turn([S(), ACT])], "gate": [0]}], {},
+     (0, "plan", 1, False), "keep:search_then_productive_action"),
     ("failed op drops", [{"plan": [turn([S(), FAILED, ACT])]}], {}, (0, "plan", 0), "drop:failed_op"),
     ("stuck drops", [{"obs": "same"}, {"obs": "same", "log": [turn([S()]), turn([A(), DONE])]}, {"obs": "same"},
                      {"obs": "same"}], {}, (1, "log", 1), "drop:stuck"),
@@ -161,12 +161,12 @@ def test_chat_rebuilt_exactly_from_a_real_agent_trace(tmp_path):
 
     def reply(messages):
         sent.append(json.loads(json.dumps(messages)))
-        last = messages[-1]["content"]
-        if last.startswith("LOG phase"):
+        log = "<|DONE|>" in messages[-1]["content"]  # LOG's prompts offer <|DONE|>, PLAN's do not
+        if len(messages) == 1 and log:
             return "```\n<|SEARCH|>map_notes.txt|tree<|END|>\n```"
-        if last.startswith("PLAN phase"):
-            return "<|SEARCH|>*|tree<|END|>"
-        if "Continue logging" in last:
+        if len(messages) == 1:
+            return "<|SEARCH|>map_notes.txt|tree<|END|>"
+        if log:
             return "<|APPEND|>map_notes.txt|tree north-east<|END|>\n<|DONE|>"
         return "<|ACTION|>Move East<|END|>"
 
@@ -261,7 +261,7 @@ def test_sft_embedded_model_learns_and_adapter_switches(embedded_adapter, embedd
     assert card["base_model"] == llm.DEFAULT_MODEL and card["data_sha256"] and card["config"]["targets"] == "attention"
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == llm.DEFAULT_MODEL
     messages = json.loads(data_file.read_text().splitlines()[1])["messages"][:-1]  # a LOG prompt
-    assert messages[1]["content"].startswith("LOG phase")
+    assert len(messages) == 1 and "<|DONE|>" in messages[0]["content"]
     plain = llm.load("transformers", str(embedded_hf), temperature=0).chat(messages, max_tokens=16).text
     both = llm.load("transformers", str(embedded_hf), temperature=0, adapters={"memory": str(out)})
     assert both.chat(messages, max_tokens=16).text == plain  # adapter disabled: the base model, unchanged

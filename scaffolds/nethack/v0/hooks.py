@@ -1,7 +1,11 @@
-"""v0 hooks: a map analysis (passable/blocked neighbours of '@', visible stairs) appended to each observation."""
-from automem import nle_map_analysis
+"""v0 hooks, as in the authors' v0 agent: the MAP ANALYSIS of the text map (the prompts' {analysis}) and the
+repair of a two-step command written with its argument ('eat d' -> 'eat')."""
+from automem import nle_map_analysis, repair_two_step
 
 
 def observe(ctx):
-    stats = ctx.obs.state["blstats"]  # map rows are the 21 dungeon rows: map[y][x] is '@'
-    return nle_map_analysis(ctx.obs.state["map"], stats["x"], stats["y"])
+    return nle_map_analysis(ctx.obs.text)
+
+
+def repair_action(ctx, action):
+    return repair_two_step(action)
