@@ -12,11 +12,17 @@ import automem
 
 ROOT = Path(__file__).resolve().parent.parent
 # A deterministic scripted agent: its reply depends only on the prompt, so a restarted episode
-# replays exactly. It writes memory every step, so traces hold LOG ops to recover.
+# replays exactly. It writes memory every step, so traces hold LOG ops to recover. With PAUSE_AT set to a
+# .part trace, it stops once that episode has written 5 steps, creates the file PAUSED and waits to be killed:
+# the kill lands mid-episode however slow the machine is.
 DRIVER = """
-import sys, zlib, eval as evaluation, llm
+import os, sys, time, zlib, eval as evaluation, llm
 MOVES = ["Move West", "Move East", "Move North", "Move South", "Do"]
+PAUSE_AT, PAUSED = os.environ.get("PAUSE_AT"), os.environ.get("PAUSED")
 def reply(messages):
+    if PAUSE_AT and os.path.exists(PAUSE_AT) and open(PAUSE_AT).read().count("\\n") > 5:
+        open(PAUSED, "w").close()
+        time.sleep(3600)
     text = messages[-1]["content"]
     h = zlib.crc32(text.encode())
     if "<|DONE|>" in text:  # LOG's prompts offer <|DONE|>, PLAN's do not
@@ -42,16 +48,17 @@ def test_sigkill_mid_episode_then_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(driver(tmp_path / "a", "r"), check=True, cwd=ROOT, env=env, capture_output=True)
     traces = tmp_path / "b" / "r" / "traces" / "crafter"
-    proc = subprocess.Popen(driver(tmp_path / "b", "r"), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None:  # kill once episode 0 is done and episode 1 has written a few steps
-        part = traces / "default__01.part"
-        if part.exists() and part.read_text().count("\n") > 5:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    paused = tmp_path / "paused"  # episode 0 is done and episode 1 has written 5 steps
+    proc = subprocess.Popen(driver(tmp_path / "b", "r"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, "PAUSE_AT": str(traces / "default__01.part"), "PAUSED": str(paused)})
+    try:
+        while not paused.exists():
+            assert proc.poll() is None, "the run ended before episode 1 reached step 5"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     assert (traces / "default__00.jsonl").is_file() and not (traces / "default__02.jsonl").exists()
     done_before = (traces / "default__00.jsonl").read_bytes()
     subprocess.run(driver(tmp_path / "b", "r"), check=True, cwd=ROOT, env=env, capture_output=True)
