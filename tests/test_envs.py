@@ -315,3 +315,15 @@ def test_text_mode_is_checked_and_crafter_is_untouched():
         envs.make("crafter", text="fancy")
     a, b = envs.make("crafter").reset(42), envs.make("crafter", text="balrog").reset(42)
     assert a.text == b.text
+
+
+def test_recorded_automem_texts_per_fixed_seed():
+    """MiniHack Corridor-R3 and NetHack on seeds 42-46: the reset text and three steps (one invalid) equal the texts
+    recorded when this kit's automem text was checked against the authors' harness (their rewriting run on BALROG's text)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "automem_text.json").read_text())
+    for key, texts in recorded["texts"].items():
+        task, seed = key.split("/")
+        game = envs.make("nethack" if task.startswith("NetHack") else "minihack", task)
+        seen = [game.reset(int(seed)).text] + [game.step(a)[0].text for a in recorded["actions"]]
+        game.close()
+        assert seen == texts, key
