@@ -35,6 +35,21 @@ def progression_stats(values):
     return {"mean": 100 * mean, "se": 100 * std / math.sqrt(n) if n > 1 else 0.0, "n": n}
 
 
+def bootstrap_difference(a, b, paired, n=10_000, seed=0):
+    """Mean of b minus mean of a, in %, with a bootstrap 95% interval: (difference, low, high). Paired (a[i] and
+    b[i] are the same episode seed) resamples the pairs; else each side is resampled on its own."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if paired:
+        picks = rng.integers(0, len(a), size=(n, len(a)))
+        diffs = b[picks].mean(1) - a[picks].mean(1)
+    else:
+        diffs = b[rng.integers(0, len(b), size=(n, len(b)))].mean(1) - a[rng.integers(0, len(a), size=(n, len(a)))].mean(1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return 100 * (b.mean() - a.mean()), 100 * low, 100 * high
+
+
 def calls(steps, routine=None):
     for s in steps:
         for name in ("log", "plan") if routine is None else (routine,):

@@ -5,13 +5,17 @@ of one episode (or two side by side) built from its trace alone.
     python report.py table runs/*                       # the paper's table: progression % mean ± s.e.
     python report.py table runs/* --paper --out report  # + the paper's rows; writes .md and .csv files
     python report.py figure runs/* --paper --out report # progression per scaffold version, behaviour panels
+    python report.py compare runs/a runs/b              # B - A per env (MiniHack per task), bootstrap 95% interval
     python report.py replay runs/x/traces/crafter/default__00.jsonl
     python report.py replay runs/a/traces/minihack/T__00.jsonl --vs runs/b/traces/minihack/T__00.jsonl --out ab.html
 
 table: one row per agent (baseline, memory scaffold version, + memory model) and model, from each
-run's config.json and results.json; columns Crafter / MiniHack / NetHack. A cell shows
-"(done/expected)" when the run is unfinished. Also the MiniHack per-task cells and the
+run's config.json and results.json; columns Crafter / MiniHack / NetHack, and the paper's row a run stands
+beside (v0; the converged scaffolds crafter v5, minihack v4, nethack v2 as loop 1; those with a memory model as
+loop 2); with --paper our rows follow that row. A cell shows "(done/expected)" when the run is unfinished. Also the MiniHack per-task cells and the
 memory-behaviour metrics (metrics.py) per env.
+compare: run B's progression minus run A's per env and MiniHack task, with a bootstrap 95% interval (paired by
+seed where both ran the same episodes) and the paper's difference between the rows the two runs stand beside.
 figure: progression.{png,svg} (memory runs by scaffold version, error bars = s.e.; dotted lines:
 our baselines; dashed: the paper) and behaviour.{png,svg} (first vs best memory run per env;
 first = lowest scaffold version, best = highest progression).
@@ -115,6 +119,22 @@ def agent_label(config):
     return label
 
 
+CONVERGED = {"crafter": "v5", "minihack": "v4", "nethack": "v2"}  # the authors' loop-1 results, shipped re-expressed
+
+
+def paper_row(config, env):
+    """The paper's row this run stands beside for one env, or None: a baseline, v0, the converged scaffold (loop 1),
+    or the converged scaffold with a memory model (loop 2)."""
+    if config["agent"] != "memory":
+        return BASELINES[config["agent"]]
+    version = scaffold_version(config, env)
+    if version == "v0" and not two_model(config):
+        return "memory v0"
+    if version == CONVERGED[env]:
+        return "+ memory training (loop 2)" if two_model(config) else "+ scaffold opt. (loop 1)"
+    return None
+
+
 def model_label(config):
     backend = config["backend"]
     name = Path(backend["model"]).name.removesuffix(".gguf")
@@ -122,11 +142,12 @@ def model_label(config):
 
 
 def row_order(row):
-    """The paper's rows in its order, then ours: baselines, memory by scaffold version, by model."""
-    if row["paper"]:
-        return (0, list(PAPER).index(row["label"]), [], "")
+    """Each of the paper's rows in its order, followed by our rows that stand beside it; then our other rows:
+    baselines, memory by scaffold version, by model."""
+    if row["paper_rows"]:
+        return (0, list(PAPER).index(row["paper_rows"][0]), not row["paper"], version_key(row["label"]), row["model"])
     agent = next((i for i, name in enumerate(BASELINES.values()) if row["label"] == name), len(BASELINES))
-    return (1, agent, version_key(row["label"]), row["model"])
+    return (1, agent, False, version_key(row["label"]), row["model"])
 
 
 def table_rows(runs, paper=False):
@@ -135,8 +156,8 @@ def table_rows(runs, paper=False):
     rows = []
     if paper:
         rows += [{"label": label, "model": PAPER_MODEL, "paper": True, "runs": [], "tasks": {}, "behaviour": {},
-                  "cells": {env: {"mean": m, "se": se, "n": None, "expected": None} for env, (m, se) in cells.items()}}
-                 for label, cells in PAPER.items()]
+                  "cells": {env: {"mean": m, "se": se, "n": None, "expected": None} for env, (m, se) in cells.items()},
+                  "paper_rows": [label]} for label, cells in PAPER.items()]
     for run in runs:
         config, results = run["config"], run["results"]
         label, model = agent_label(config), model_label(config)
@@ -145,9 +166,11 @@ def table_rows(runs, paper=False):
         if row is None:
             taken = any((r["label"], r["model"]) == (label, model) for r in rows)
             row = {"label": label + (f" [{results['run']}]" if taken else ""), "model": model, "paper": False,
-                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}}
+                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}, "paper_rows": []}
             rows.append(row)
         row["runs"].append(results["run"])
+        row["paper_rows"] = sorted(set(row["paper_rows"]) | {paper_row(config, env) for env in results["envs"]} - {None},
+                                   key=list(PAPER).index)
         for env, r in results["envs"].items():
             row["cells"][env] = {**r["progression"], "expected": r["expected_episodes"]}
             row["behaviour"][env] = r["behaviour"]
@@ -175,8 +198,9 @@ def markdown_table(head, body):
 def table_markdown(rows, paper=False):
     envs = [e for e in ENVS if any(e in r["cells"] for r in rows)]
     out = ["## Progression (%), mean ± standard error", "",
-           markdown_table(["agent", "model"] + [ENV_TITLES[e] for e in envs],
-                          [[r["label"], r["model"]] + [cell_text(r["cells"].get(e)) for e in envs] for r in rows])]
+           markdown_table(["agent", "model"] + [ENV_TITLES[e] for e in envs] + ["stands beside the paper's row"],
+                          [[r["label"], r["model"]] + [cell_text(r["cells"].get(e)) for e in envs]
+                           + ["" if r["paper"] else ", ".join(r["paper_rows"]) or "–"] for r in rows])]
     task_rows = [r for r in rows if r["tasks"]]
     if task_rows:
         tasks = sorted({t for r in task_rows for t in r["tasks"]})
@@ -215,6 +239,45 @@ def write_table_csv(rows, out):
         w.writerow(["agent", "model", "env", "metric", "value"])
         w.writerows([r["label"], r["model"], env, m, b.get(m)]
                     for r in rows for env, b in r["behaviour"].items() for m in METRICS)
+
+
+# ----------------------------------------------------------------------------- compare
+
+def per_episode(run, env):
+    """{(task, seed): progression} of one env of a run, from its results.json."""
+    episodes = run["results"]["envs"][env].get("per_episode")
+    if episodes is None:
+        raise ValueError(f"{run['dir']}/results.json has no per-episode progressions: re-run that run's eval.py "
+                         "command (it resumes, no episode is played again) to refresh it")
+    return {(e["task"], e["seed"]): e["progression"] for e in episodes}
+
+
+def compare_markdown(run_a, run_b):
+    """Progression of run B minus run A per env (MiniHack also per task), with a bootstrap 95% interval, paired by
+    seed when both runs hold the same (task, seed) episodes, beside the paper's difference between the rows the
+    two runs stand beside."""
+    a, b = run_a["config"], run_b["config"]
+    envs = [e for e in ENVS if e in run_a["results"]["envs"] and e in run_b["results"]["envs"]]
+    if not envs:
+        raise ValueError(f"{run_a['dir']} and {run_b['dir']} share no env: compare runs of the same env")
+    body = []
+    for env in envs:
+        eps_a, eps_b = per_episode(run_a, env), per_episode(run_b, env)
+        tasks = sorted({t for t, _ in eps_a} & {t for t, _ in eps_b}) if env == "minihack" else []
+        rows_ab = paper_row(a, env), paper_row(b, env)
+        paper = (f"{PAPER[rows_ab[1]][env][0] - PAPER[rows_ab[0]][env][0]:+.2f} ({rows_ab[1]} - {rows_ab[0]})"
+                 if None not in rows_ab else "–")
+        for name, task in [("all", None)] + [(short_task(t), t) for t in tasks]:
+            keys_a = sorted(k for k in eps_a if task in (None, k[0]))
+            keys_b = sorted(k for k in eps_b if task in (None, k[0]))
+            paired = keys_a == keys_b
+            d, low, high = metrics.bootstrap_difference([eps_a[k] for k in keys_a], [eps_b[k] for k in keys_b], paired)
+            body.append([ENV_TITLES[env], name, f"{len(keys_a)} / {len(keys_b)}", "paired" if paired else "unpaired",
+                         f"{d:+.2f}", f"[{low:+.2f}, {high:+.2f}]", paper if task is None else "–"])
+    head = f"## Progression (%) of B minus A\n\nA: {run_a['dir']} ({agent_label(a)}, {model_label(a)})\n" \
+           f"B: {run_b['dir']} ({agent_label(b)}, {model_label(b)})\n\n"
+    return head + markdown_table(["env", "task", "episodes A / B", "by seed", "B - A", "95% interval (bootstrap)",
+                                  "paper's B - A"], body) + "\n"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -875,6 +938,9 @@ def main(argv=None):
         s.add_argument("runs", nargs="+", help="run directories (runs/<name>)")
         s.add_argument("--paper", action="store_true", help="add the paper's numbers (Qwen2.5-32B-Instruct)")
         s.add_argument("--out", help="folder for the files" + (" (default: report)" if name == "figure" else ""))
+    s = sub.add_parser("compare", help="progression of run B minus run A with a bootstrap 95% interval")
+    s.add_argument("run_a", help="runs/<name> (A, e.g. v0)")
+    s.add_argument("run_b", help="runs/<name> (B, e.g. the converged scaffold)")
     s = sub.add_parser("replay", help="self-contained HTML replay of an episode")
     s.add_argument("trace", help="runs/<name>/traces/<env>/<task>__NN.jsonl")
     s.add_argument("--vs", help="a second trace, shown beside the first in lockstep")
@@ -887,6 +953,9 @@ def main(argv=None):
                 if not Path(path).is_file():
                     raise FileNotFoundError(f"no trace at {path}: pass runs/<name>/traces/<env>/<task>__NN.jsonl")
             print(write_replay(args.trace, args.out, args.vs, args.frames))
+            return
+        if args.command == "compare":
+            print(compare_markdown(*(load_runs([d])[0] for d in (args.run_a, args.run_b))))
             return
         runs = load_runs(args.runs)
         out = Path(args.out or ("report" if args.command == "figure" else ""))

@@ -297,7 +297,7 @@ def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=Non
                 if v is None:  # not finished
                     continue
                 header, steps, end = episode(["a", "b", "a"], "c", env=env, task=task)
-                end["progression"] = v
+                header["seed"], end["progression"] = job["seed"], v
                 with_calls((header, steps, end), log=lambda t: [write_ops(1), searches(0, 3)])
                 write_trace(evaluation.trace_path(runs_dir / name, job), header, steps, end)
     evaluation.summarize(config, runs_dir / name)
@@ -322,13 +322,15 @@ def test_table_numbers(runs, tmp_path, capsys):
     assert md == capsys.readouterr().out.split("wrote ")[0].rstrip("\n") + "\n"
     model = "SmolLM2-135M-Instruct.Q4_1"
     # crafter v0: 0.1..0.4 -> 25 % ± population std 11.18 / sqrt(4); 4 of 5 episodes done
-    assert f"| memory v0 | {model} | 25.00 ± 5.59 (4/5) | 25.00 ± 21.65 | – |" in md
-    assert f"| memory v1 | {model} | 50.00 ± 0.00 | – | – |" in md
-    assert f"| sliding window | {model} | 5.00 ± 3.54 | – | – |" in md  # 0 and 10 %: std 5 / sqrt(2)
-    assert f"| memory v0 [c-v0-again] | {model} | 20.00 ± 0.00 | – | – |" in md  # a re-run: own row
-    assert "| memory v0 | Qwen2.5-32B-Instruct (paper) | 25.00 ± 5.50 | 7.50 ± 4.16 | 0.42 ± 0.37 |" in md
+    assert f"| memory v0 | {model} | 25.00 ± 5.59 (4/5) | 25.00 ± 21.65 | – | memory v0 |" in md
+    assert f"| memory v1 | {model} | 50.00 ± 0.00 | – | – | – |" in md  # a loop-1 version of ours: no paper row
+    assert f"| sliding window | {model} | 5.00 ± 3.54 | – | – | sliding window |" in md  # 0 and 10 %: std 5 / sqrt(2)
+    assert f"| memory v0 [c-v0-again] | {model} | 20.00 ± 0.00 | – | – | memory v0 |" in md  # a re-run: own row
+    assert "| memory v0 | Qwen2.5-32B-Instruct (paper) | 25.00 ± 5.50 | 7.50 ± 4.16 | 0.42 ± 0.37 |  |" in md
     order = [md.index(f"| {label} | Qwen2.5-32B-Instruct (paper) | {c['crafter'][0]:.2f}") for label, c in report.PAPER.items()]
-    assert order == sorted(order) and order[-1] < md.index(f"| sliding window | {model}")  # the paper's rows first, in its order
+    assert order == sorted(order)  # the paper's rows in its order, each followed by the rows of ours beside it
+    assert order[0] < md.index(f"| sliding window | {model}") < order[1] < order[2] < md.index(f"| memory v0 | {model}") \
+        < md.index(f"| memory v0 [c-v0-again] | {model}") < order[3] < md.index(f"| memory v1 | {model}")
     assert f"| memory v0 | {model} | 0.00 ± 0.00 | 50.00 ± 35.36 |" in md  # MiniHack per task
     # behaviour: observations a, b, a, then c (1 of 3 steps returns to a); each step: LOG calls
     # [APPEND], [SEARCH 0 matches, SEARCH 3 matches] of 10 prompt tokens each, and no PLAN call
@@ -345,6 +347,35 @@ def test_table_numbers(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report.main(["table", str(tmp_path / "not-a-run")])
     assert e.value.code == 2 and "error: no run directory" in capsys.readouterr().err
+
+
+def test_converged_scaffolds_stand_beside_the_papers_loop_rows():
+    config = {"agent": "memory", "memory_adapter": None, "memory_model": None,
+              "scaffolds": {"crafter": {"path": "scaffolds/crafter/v5"}, "minihack": {"path": "scaffolds/minihack/v5"}}}
+    assert report.paper_row(config, "crafter") == "+ scaffold opt. (loop 1)"
+    assert report.paper_row(config, "minihack") is None  # MiniHack's converged version is v4
+    assert report.paper_row({**config, "memory_adapter": "adapters/crafter"}, "crafter") == "+ memory training (loop 2)"
+    assert report.paper_row({**config, "agent": "cot"}, "crafter") == "chain-of-thought"
+
+
+def test_compare_pairs_by_seed_with_a_bootstrap_interval(tmp_path, capsys):
+    d = tmp_path / "runs"
+    mh_a = {"MiniHack-MazeWalk-9x9-v0": [0.0, 0.0, 1.0], "MiniHack-Corridor-R3-v0": [0.0, 0.0, 0.0]}
+    mh_b = {"MiniHack-MazeWalk-9x9-v0": [1.0, 1.0, 1.0], "MiniHack-Corridor-R3-v0": [0.0, 1.0, 0.0]}
+    a = make_run(d, "a", "memory", {"minihack": mh_a, "crafter": {"default": [0.1, 0.2]}})
+    b = make_run(d, "b", "memory", {"minihack": mh_b, "crafter": {"default": [0.3]}}, version="v4")
+    report.main(["compare", str(a), str(b)])
+    md = capsys.readouterr().out
+    # MiniHack: 1/6 -> 4/6 solved, paired by seed; the paper's v0 -> loop 1 difference is 27.50 - 7.50
+    row = next(line for line in md.splitlines() if line.startswith("| MiniHack | all |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2:5] == ["6 / 6", "paired", "+50.00"] and cells[6] == "+20.00 (+ scaffold opt. (loop 1) - memory v0)"
+    low, high = (float(x) for x in cells[5].strip("[]").split(","))
+    assert 0 < low < 50 < high <= 100  # every resample gains: B never loses an episode A won
+    assert "| MiniHack | MazeWalk-9x9 | 3 / 3 | paired | +66.67 |" in md
+    # Crafter: different seeds -> unpaired; 15 % -> 30 %; no paper row for crafter v4
+    assert "| Crafter | all | 2 / 1 | unpaired | +15.00 | [+10.00, +20.00] | – |" in md
+    assert report.metrics.bootstrap_difference([0, 1], [0, 1], paired=True) == (0.0, 0.0, 0.0)
 
 
 def test_figures_plot_the_numbers(runs, tmp_path):
