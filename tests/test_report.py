@@ -5,8 +5,10 @@ on the real Crafter and NetHack games with the scripted backend.
     python -m pytest -q tests/test_report.py
 """
 import csv
+import importlib.util
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -426,8 +428,12 @@ def test_replay_cli_errors(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("chromium is not installed (apt-get install -y chromium); the replay page is not checked in a browser")
+    missing = ("chromium is not installed (apt-get install -y chromium)" if not Path(CHROMIUM).is_file() else
+               "playwright is not installed (pip install playwright)" if not importlib.util.find_spec("playwright") else None)
+    if missing and os.environ.get("CI") == "true":  # CI must check the page in a browser: fail, never skip
+        pytest.fail(f"{missing}: the replay page cannot be checked in a browser")
+    if missing:
+        pytest.skip(f"{missing}; the replay page is not checked in a browser")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
@@ -437,8 +443,10 @@ def browser(tmp_path_factory):
         context.close()
 
 
-def open_page(browser, path):
+def open_page(browser, path, init_script=None):
     page = browser.new_page()
+    if init_script:
+        page.add_init_script(init_script)  # runs before the page's own scripts
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -474,8 +482,14 @@ def test_replay_in_chromium_steps_frames_ops_and_memory(browser, traces, tmp_pat
     page.uncheck("#raw")
     page.click("#play")  # plays from the start to the end, then stops
     page.wait_for_function("replay.position() === 12 && document.querySelector('#play').textContent === 'play'", timeout=30_000)
-    page.screenshot(path=str(tmp_path / "crafter.png"))
-    assert (tmp_path / "crafter.png").stat().st_size > 10_000
+    # what the browser draws at step 0 is the stored frame, pixel for pixel (shown 3x, pixelated)
+    page.evaluate("replay.go(0)")
+    stored = np.asarray(Image.open(io.BytesIO(report.load_frames(report.frames_path(traces["crafter"]))[0][1])).convert("RGB"))
+    box = page.locator(".frame img").bounding_box()
+    assert (box["width"], box["height"]) == (3 * stored.shape[1], 3 * stored.shape[0])
+    shot = page.screenshot(clip={"x": round(box["x"]), "y": round(box["y"]), "width": box["width"], "height": box["height"]})
+    drawn = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))[1::3, 1::3]  # each 3x3 block's centre pixel
+    assert np.array_equal(drawn, stored)
     assert errors == []
 
 
@@ -496,8 +510,61 @@ def test_replay_in_chromium_side_by_side_lockstep(browser, traces, tmp_path):
     page.keyboard.press("ArrowLeft")
     assert [p["step"] for p in page.evaluate("replay.panels()")] == [8, 7]
     assert "@" in page.evaluate("replay.panels()")[0]["frameKey"]
-    page.screenshot(path=str(tmp_path / "vs.png"))
-    assert (tmp_path / "vs.png").stat().st_size > 10_000
+    left, right = [page.locator(".panel").nth(i).bounding_box() for i in (0, 1)]
+    assert left["y"] == right["y"] and right["x"] >= left["x"] + left["width"]  # side by side, not stacked
+    assert errors == []
+
+
+def planted(where):
+    """Markup that runs script if a page ever treats text as HTML; each records `where` in window.pwned."""
+    return (f"</title></pre><img src=x onerror=\"pwned.push('{where}')\">"
+            f"<script>pwned.push('{where} script')</script>")
+
+
+def hostile_trace(path):
+    """A trace whose every text a model, a hook, the game or a user wrote carries planted markup."""
+    sites = ["run", "scaffold", "action", "observation", "reply", "op args", "op result", "gate", "hook", "memory",
+             "final observation", "end reason", "achievement"]
+    header, steps, end = episode([planted("observation")] * 2, planted("final observation"), files={"notes.txt": ""},
+                                 action=planted("action"), valid=False)
+    header.update(run=planted("run"), scaffold=planted("scaffold"))
+    for s in steps:
+        s["writes"] = [["APPEND", ["notes.txt", planted("memory")]]]
+        s["gate"] = [{"action": "Noop", "reason": planted("gate"), "turns": []}]
+        s["hooks"] = {"observe": [planted("hook")]}
+        s["plan"]["turns"] = [{**call([("SEARCH", ["notes.txt", planted("op args")])],
+                                      [{**result(matches=0), "text": planted("op result")}]), "reply": planted("reply")}]
+    end.update(end_reason=planted("end reason"), achievements=[planted("achievement")],
+               memory={"notes.txt": "".join(planted("memory") + "\n" for _ in steps)})
+    write_trace(path, header, steps, end)
+    return path, sites
+
+
+def test_replay_page_escapes_what_it_did_not_write(tmp_path):
+    """The static half of the check in Chromium below: the page's script has no HTML sink, and a run name full of
+    markup reaches the HTML only escaped, in <title> (the data travels base64-encoded)."""
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "srcdoc", "eval(", "Function("):
+        assert sink not in report.PAGE, sink
+    trace, _ = hostile_trace(tmp_path / "t.jsonl")
+    page = report.write_replay(trace, tmp_path / "t.html").read_text()
+    title = page.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "<" not in title and "&lt;/title>&lt;/pre>&lt;img src=x" in title
+    assert page.count("<script") == report.PAGE.count("<script") + 1 and "pwned" not in page.split("</title>", 1)[1]
+
+
+def test_replay_in_chromium_runs_no_planted_markup(browser, tmp_path):
+    """Every text of a hostile trace is shown as text at every step: no planted <script> or <img onerror> runs."""
+    trace, sites = hostile_trace(tmp_path / "t.jsonl")
+    page, errors = open_page(browser, report.write_replay(trace, tmp_path / "t.html"), init_script="window.pwned = []")
+    shown = page.evaluate("document.title")
+    for t in range(3):  # two steps and the end
+        page.evaluate(f"replay.go({t}); document.querySelectorAll('details').forEach((d) => d.open = true)")
+        shown += page.evaluate("document.querySelector('#panels').textContent")
+    page.wait_for_function("[...document.images].every((img) => img.complete)")  # a planted image would have failed
+    assert page.evaluate("window.pwned") == []
+    assert page.evaluate("[...document.images].filter((img) => !img.src.startsWith('data:')).length") == 0
+    assert page.evaluate("document.querySelectorAll('script:not([type])').length") == 1  # the page's own
+    assert [where for where in sites if planted(where) not in shown] == []  # each one shown, as text
     assert errors == []
 
 
