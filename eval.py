@@ -397,8 +397,11 @@ def join_lock(path):
 
 
 def check_run_dir(config, run_dir):
-    """Under the lock: the same run or a new one; set damaged finished traces aside (their episodes run again),
-    remove the half-done ones of a killed run (they restart), write config.json."""
+    """Under the lock: the same run or a new one, with no symbolic link in it; set damaged finished traces aside
+    (their episodes run again), remove the half-done ones of a killed run (they restart), write config.json."""
+    for folder, dirs, files in os.walk(run_dir):  # a planted link would be written (or deleted) through
+        for name in dirs + files:
+            confined(run_dir, Path(folder) / name)
     config_path = run_dir / "config.json"
     if config_path.exists():
         try:
@@ -413,7 +416,7 @@ def check_run_dir(config, run_dir):
             raise ValueError(f"{run_dir} holds a different run (its config.json differs); "
                              f"pass another --run-name or delete that folder")
     for job in config["jobs"]:
-        path = confined(run_dir, trace_path(run_dir, job))
+        path = trace_path(run_dir, job)
         if path.exists() and not path.is_file():
             raise ValueError(f"{path} is in the way of a trace (not a file); move it away")
         damage = path.is_file() and trace_damage(path, job)
@@ -425,7 +428,7 @@ def check_run_dir(config, run_dir):
         stale.unlink()
     for env in {j["env"] for j in config["jobs"]}:
         for folder in (run_dir / "traces" / env, run_dir / "memory" / env):
-            confined(run_dir, folder).mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "config.json.tmp"  # written whole or not at all: a killed run never leaves half a config
     tmp.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
