@@ -242,8 +242,9 @@ def defined_names(path):
     return {n for n in names if not n.startswith("_")}
 
 
-def bwrap_command(module, limits):
-    """The bubblewrap command line that runs the worker for `module` (a file on the host)."""
+def bwrap_command(module, limits, info_fd):
+    """The bubblewrap command line that runs the worker for `module` (a file on the host); bwrap writes the
+    host PID of the jail's init to info_fd."""
     python_dirs = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent}
     python_dirs |= {Path(p) for p in sys.path if p and Path(p).is_dir() and not Path(p).resolve().is_relative_to(ROOT)}
     python_dirs = sorted(p.resolve() for p in python_dirs if not p.resolve().is_relative_to("/usr"))
@@ -269,7 +270,7 @@ def bwrap_command(module, limits):
     cmd += ["--dev", "/dev", "--proc", "/proc", "--size", str(limits["scratch_bytes"]), "--perms", "1777",
             "--tmpfs", "/jail/scratch", "--chdir", "/jail/scratch", "--clearenv", "--setenv", "HOME", "/jail/scratch",
             "--setenv", "TMPDIR", "/jail/scratch", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup-try", "--new-session", "--die-with-parent"]
+            "--unshare-cgroup-try", "--new-session", "--die-with-parent", "--info-fd", str(info_fd)]
     if os.geteuid() == 0:  # to drop to JAIL_UID itself; without root, bwrap makes a user namespace
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
@@ -281,15 +282,19 @@ def bwrap_command(module, limits):
 
 
 def kill_worker(state):
-    """Kill a worker and everything it started (its PID namespace dies with it)."""
+    """Kill a worker and everything in its PID namespace; gone (reaped) when this returns."""
     proc = state.get("proc")
     if proc is None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    try:  # the namespace's init: the kernel kills the rest before it exits, then bwrap reaps it and exits
+        os.kill(state["init_pid"], signal.SIGKILL)
+    except (KeyError, ProcessLookupError):
         pass
-    proc.wait()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     for f in (proc.stdin, proc.stdout, state.get("stderr")):
         if f:
             f.close()
@@ -386,10 +391,19 @@ class JailedHooks(Mapping):
         if shutil.which("bwrap") is None:
             raise JailError("bubblewrap is not installed: apt-get install bubblewrap (untrusted hooks run in its jail)")
         stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(bwrap_command(self.path, self.limits), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=stderr, env={}, close_fds=True, start_new_session=True)
+        info_read, info_write = os.pipe()  # bwrap writes {"child-pid": ...} there, then closes it
+        try:
+            proc = subprocess.Popen(bwrap_command(self.path, self.limits, info_write), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=stderr, env={}, close_fds=True,
+                                    pass_fds=(info_write,), start_new_session=True)
+        finally:
+            os.close(info_write)
+        with os.fdopen(info_read, "rb") as f:
+            info = f.read()  # ends when bwrap has written it, or has failed
         os.set_blocking(proc.stdin.fileno(), False)
         state.update(proc=proc, stderr=stderr, buffer=bytearray(), owner=threading.current_thread(), sent=[])
+        if info:
+            state["init_pid"] = json.loads(info)["child-pid"]
         try:
             self._exchange(b"", self.limits["start_seconds"], "the jail")  # {"jailed": ...}: the jail is up
         except HookError as e:
