@@ -9,3 +9,5 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
 python3 -m pip install -q -r requirements.txt
 python3 -m pip install -q --no-deps -r requirements-nodeps.txt
+# bubblewrap (Debian/Ubuntu package, needs root): the jail where meta_loop's candidate hooks run (jail.py)
+command -v bwrap >/dev/null || apt-get install -y -qq bubblewrap || echo "install bubblewrap for jail.py: apt-get install bubblewrap" >&2

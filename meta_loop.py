@@ -24,9 +24,9 @@ One iteration:
   3. it answers with a rationale and whole files in fenced blocks, "```yaml scaffold.yaml" and
      optionally "```python hooks.py" (left out: the incumbent's hooks.py is kept);
   4. validation: automem.load_scaffold on scaffold.yaml alone, every prompt filled with every
-     placeholder, limits within the protocol's (automem.LIMITS); a static check of hooks.py; then
-     a subprocess sandbox imports hooks.py, runs every hook on observations rebuilt by replaying the
-     incumbent's recorded actions, and plays a short smoke episode with the scripted backend;
+     placeholder, limits within the protocol's (automem.LIMITS); jail.check_source on hooks.py; then
+     hooks.py is imported in the jail (jail.py) and every hook runs there on observations rebuilt here
+     by replaying the incumbent's recorded actions, then in a short smoke episode (scripted backend);
   5. evaluation on the same seeds and settings; ACCEPTANCE RULE: the candidate replaces the
      incumbent iff its mean progression > the incumbent's mean + --min-margin (default 0: strictly
      higher, as the authors). An accepted candidate is copied to a temp folder in scaffolds/<env>/
@@ -43,41 +43,32 @@ reply of an unfinished one is reused (reply.txt), its validation re-runs and its
 Errors that are not the candidate's (meta-LLM or agent model unreachable) stop the loop; re-run.
 
 Hook policy (what a revision's hooks.py may do):
-  - import only ALLOWED_IMPORTS; no calls to open/eval/exec/compile/getattr/... (BANNED_NAMES), no
-    attribute named like a module or a file/process API (BANNED_ATTRS), nothing starting with "_",
-    no assignment to an imported module's attributes, no .step/.reset/.close calls (the game is the
-    agent's): checked statically before anything runs. Files only through ctx.memory.
-  - in validation the hooks run only in a subprocess with cwd <candidate>/sandbox/work, under an
-    audit hook that refuses (and records) any file access outside sandbox/work and sandbox/scaffold
-    (a copy of the candidate), process spawning, sockets, ctypes, shutil and fresh imports; each call must return
-    within HOOK_SECONDS and must not advance the game; the process is killed after
-    --validate-timeout seconds, may print at most OUTPUT_CAP bytes, write files of at most FILE_CAP
-    bytes (RLIMIT_FSIZE) and use MEMORY_CAP bytes of address space.
-  - after validation the candidate is evaluated by eval.py, where hooks run in-process in the eval
-    workers: there the static check is the only guard. It is a strong filter, not a proof (Python
-    cannot be fully sandboxed in-process): review hooks.py of an accepted version before you trust it.
+  - the static check (jail.check_source: allowed imports, no open/eval/getattr/..., no "_" names, no
+    game stepping) rejects a breach early with its line; it is a filter, not the guard.
+  - the guard is the jail (jail.py): a candidate's hooks.py is never imported in this process or in
+    eval's. The loop writes `trusted: false` into every candidate's scaffold.yaml (so into an accepted
+    vN too), and eval.py runs such hooks in the jail: no network, no file but its scratch tmpfs, no
+    environment, no fork/exec, CPU/memory/file/process limits, HOOK_SECONDS per call in validation.
+    Set `trusted: true` in an accepted version after reviewing its hooks.py to run them in-process.
 """
 import argparse
-import ast
-import importlib
 import itertools
 import json
 import os
 import re
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import automem
 import envs
 import eval as evaluation
+import jail
 import llm
 import metrics
+from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
 
 ROOT = Path(__file__).resolve().parent
 META_BACKENDS = [b for b in llm.BACKENDS if b != "scripted"] + ["anthropic", "claude-cli"]
@@ -89,28 +80,11 @@ EVENTS_SHOWN = 5           # digest: examples per kind of event per episode
 STUCK_MIN = 3              # digest: report stretches of at least this many steps without a new game state
 CLAUDE_TURNS = 100         # claude-cli: agentic turns (it may read the full traces with Read/Grep/Glob)
 
-ALLOWED_IMPORTS = ("re", "math", "collections", "itertools", "functools", "heapq", "json", "random", "string",
-                   "statistics", "dataclasses", "typing", "automem", "memory_fs")
-BANNED_NAMES = {"open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
-                "locals", "vars", "breakpoint", "input", "exit", "quit", "help", "memoryview"}
-BANNED_ATTRS = {"os", "sys", "subprocess", "shutil", "socket", "importlib", "builtins", "pathlib", "Path", "io",
-                "ctypes", "signal", "threading", "multiprocessing", "tempfile", "time", "yaml", "hashlib",
-                "root", "memory_dir", "write_text", "write_bytes", "read_text", "read_bytes", "open", "unlink",
-                "rmdir", "mkdir", "touch", "symlink_to", "hardlink_to", "rename", "chmod", "iterdir", "glob",
-                "rglob", "system", "popen", "spawn", "fork", "kill"}
-GAME_CALLS = {"step", "reset", "close"}
-HOOK_SECONDS = 2.0         # one hook call in validation
-OUTPUT_CAP = 64_000        # bytes the validation subprocess may print
-FILE_CAP = 16 << 20        # bytes any file the validation subprocess writes may reach (RLIMIT_FSIZE)
-MEMORY_CAP = 8 << 30       # address space of the validation subprocess (RLIMIT_AS)
+HOOK_SECONDS = 2.0         # one hook call in validation (the jail kills its worker past it)
 MAX_HOOK_TEXT = 20_000     # characters one hook call may return
 REPLAY_EPISODES, REPLAY_STEPS, SMOKE_STEPS = 2, 30, 5
-PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.mkdir", "os.rmdir", "os.remove", "os.rename", "os.chmod",
-               "os.chown", "os.truncate", "os.utime", "os.chdir", "glob.glob"}
-BLOCKED_EVENTS = ("os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.kill",
-                  "os.killpg", "os.putenv", "os.unsetenv", "os.symlink", "os.link", "subprocess.", "socket.",
-                  "ctypes.", "shutil.", "pty.", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.",
-                  "sqlite3.", "import")
+TRUSTED_LINE = r"(?m)^trusted\s*:.*(\n|$)"
+UNTRUSTED = "trusted: false  # hooks.py runs in the jail (jail.py); set true only after reviewing it\n"
 STATE_KEYS = {  # what ctx.obs.state holds, per env (see envs.py)
     "crafter": '{"pos": [x, y], "facing": [dx, dy], "inventory": {item: n}, "achievements": [names], '
                '"status": {"health", "food", "drink", "energy": 0..9, "sleeping", "dead"}}',
@@ -168,6 +142,9 @@ def make_config(args, eval_argv):
                                      "claude-cli": "opus"}.get(args.meta_backend)
     if meta_model is None:
         raise ValueError(f"--meta-backend {args.meta_backend} needs --meta-model")
+    usable, why = jail.available()
+    if not usable:
+        raise ValueError(f"the hook jail does not work here ({why}): candidates' hooks.py run only in it")
     start = Path(args.scaffold or Path(args.scaffolds_dir) / args.env / "v0").resolve()
     if automem.load_scaffold(start)["env"] != args.env:  # the starting incumbent is trusted code (v0 or an accepted version)
         raise ValueError(f"scaffold {start} is not a {args.env} scaffold")
@@ -517,194 +494,67 @@ def check_schema(scaffold_dir, env):
                          f"(a revision may not win by spending more)")
 
 
-def check_hooks_source(text, name="hooks.py"):
-    """The static half of the hook policy (module docstring); ValueError with the line of the first breach."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as e:
-        raise ValueError(f"{name} line {e.lineno}: syntax error: {e.msg}") from None
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                top, level = (node.module or "", node.level) if isinstance(node, ast.ImportFrom) else (alias.name, 0)
-                if level or top.split(".")[0] not in ALLOWED_IMPORTS:
-                    bad = f"import of {'.' * level}{top} (allowed: {', '.join(ALLOWED_IMPORTS)})"
-                elif isinstance(node, ast.ImportFrom) and (alias.name in BANNED_ATTRS or alias.name.startswith("_")):
-                    bad = f"import of {top}.{alias.name}"
-                else:
-                    modules.add((alias.asname or alias.name).split(".")[0])
-                    continue
-                raise ValueError(f"{name} line {node.lineno}: {bad}")
-    for node in ast.walk(tree):
-        bad = None
-        if isinstance(node, ast.Name) and (node.id in BANNED_NAMES or node.id.startswith("_")):
-            bad = f"name {node.id}"
-        elif isinstance(node, ast.Attribute) and (node.attr in BANNED_ATTRS or node.attr.startswith("_")):
-            bad = f"attribute .{node.attr}"
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in GAME_CALLS:
-            bad = f"call of .{node.func.attr}() (the game is stepped by the agent only)"
-        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            for target in getattr(node, "targets", None) or [node.target]:
-                root = target
-                while isinstance(root, (ast.Attribute, ast.Subscript)):
-                    root = root.value
-                if root is not target and isinstance(root, ast.Name) and root.id in modules:
-                    bad = f"assignment into module {root.id}"
-        if bad:
-            raise ValueError(f"{name} line {node.lineno}: {bad} is not allowed in hooks")
+def validate_hooks(scaffold_dir, work, env, replay, timeout):
+    """Run a candidate's hooks in the jail (never in this process): every hook on observations rebuilt
+    here by replaying the recorded actions, then a smoke episode with the scripted backend; each call
+    within HOOK_SECONDS, all within `timeout` s. ValueError with the reason; returns {"calls": n}."""
+    work = Path(work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    scaffold = automem.load_scaffold(scaffold_dir, jailed=True)
+    jailed = scaffold["hooks"]
+    if not isinstance(jailed, jail.JailedHooks):  # no hooks.py
+        return {"calls": 0}
+    jailed.limits["call_seconds"] = HOOK_SECONDS
+    deadline = time.monotonic() + timeout
 
-
-def validate_in_sandbox(scaffold_dir, sandbox, env, replay, timeout):
-    """Import hooks.py and run its functions in a subprocess (see the hook policy); ValueError with the reason."""
-    sandbox = Path(sandbox)
-    shutil.rmtree(sandbox, ignore_errors=True)
-    (sandbox / "work").mkdir(parents=True)
-    shutil.copytree(scaffold_dir, sandbox / "scaffold")  # a copy: what hooks do to it cannot reach the candidate
-    write_json(sandbox / "request.json", {"env": env, "replay": replay})
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import meta_loop; meta_loop.sandbox_main({str(sandbox)!r})"
-    log_path = sandbox / "output.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=sandbox / "work", stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_child)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the child's process group: it and anything it left behind
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    printed = log_path.stat().st_size
-    tail = log_path.read_bytes()[-400:].decode(errors="replace").strip()
-    if proc.returncode == -signal.SIGKILL:
-        raise ValueError(f"sandbox: not finished after {timeout:g} s (a hook loops or blocks)")
-    if proc.returncode == -signal.SIGXFSZ:
-        raise ValueError(f"sandbox: output or a file grew past {FILE_CAP} bytes")
-    if printed > OUTPUT_CAP:
-        raise ValueError(f"sandbox: printed {printed} bytes (at most {OUTPUT_CAP}; hooks must not print)")
-    result_path = sandbox / "result.json"
-    if not result_path.is_file():
-        raise ValueError(f"sandbox: the validation process died (exit code {proc.returncode}): {line(tail, 300)}")
-    result = json.loads(result_path.read_text())
-    if not result["ok"]:
-        raise ValueError(f"sandbox: {result['reason']}")
-    return result
-
-
-def limit_child():
-    """Resource limits of the validation subprocess (runs in the child before it starts Python)."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_CAP, FILE_CAP))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def sandbox_main(sandbox):
-    """The validation subprocess: rebuild recorded observations, then load the candidate and run its
-    hooks under the guard; writes <sandbox>/result.json ({"ok", "reason", "calls"})."""
-    sandbox = Path(sandbox)
-    request = json.loads((sandbox / "request.json").read_text())
-    scaffold_dir, env = sandbox / "scaffold", request["env"]
-    for name in ALLOWED_IMPORTS:  # imported now, so a hook's import statement opens no file
-        importlib.import_module(name)
-    sys.dont_write_bytecode = True
-    allowed = [os.path.abspath(p) + os.sep for p in (sandbox / "work", scaffold_dir)]
-    guard = {"on": False, "violations": [], "calls": 0}
-
-    def audit(event, args):
-        if not guard["on"]:
-            return
-        bad = None
-        if event in PATH_EVENTS:
-            for a in args:
-                if isinstance(a, (str, bytes, os.PathLike)):
-                    path = os.path.abspath(os.fsdecode(a))
-                    if not any((path + os.sep).startswith(p) for p in allowed):
-                        bad = f"{event} {path} (outside the sandbox)"
-        elif event.startswith(BLOCKED_EVENTS):
-            bad = f"{event} {str(args[0])[:80] if args else ''}"
-        if bad:
-            guard["violations"].append(bad)
-            raise PermissionError(f"hook policy: {bad}")
-
-    def alarm(*_):
-        raise TimeoutError(f"a hook call took more than {HOOK_SECONDS} s")
-
-    def guarded(fn, *args):
-        guard["on"], guard["calls"] = True, guard["calls"] + 1
-        signal.setitimer(signal.ITIMER_REAL, HOOK_SECONDS)
-        try:
-            return fn(*args)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            guard["on"] = False
-
-    def hook(name, fn):  # what the agent calls: the hook under the guard, its result checked
+    def checked(name):  # what the agent calls: the jailed hook, within the time left, its result checked
         def call(ctx, *args):
-            t = ctx.game.t
-            out = guarded(fn, ctx, *args)
-            if ctx.game.t != t:
-                raise ValueError(f"{name} stepped the game")
+            if time.monotonic() > deadline:
+                raise ValueError(f"not finished after {timeout:g} s (hooks too slow)")
+            out = jailed[name](ctx, *args)
             if not (out is None or isinstance(out, str) and len(out) <= MAX_HOOK_TEXT):
                 size = f" of {len(out)} characters" if isinstance(out, str) else ""
                 raise ValueError(f"{name} returned a {type(out).__name__}{size}: hooks return None or a str "
                                  f"of at most {MAX_HOOK_TEXT} characters")
             return out
         return call
-
-    def finish(ok, reason=""):
-        if guard["violations"]:  # recorded even when the hook caught the PermissionError
-            ok, reason = False, "hook policy: " + "; ".join(dict.fromkeys(guard["violations"]))[:600]
-        reason = reason.replace(f"{scaffold_dir}{os.sep}", "")  # "hooks.py: ...", not the sandbox's path
-        write_json(sandbox / "result.json", {"ok": ok, "reason": reason, "calls": guard["calls"]})
-
-    def where(e):
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith("hooks.py")]
-        return f" (hooks.py line {lines[-1]})" if lines else ""
-
-    episodes = []  # (game, [(observation, committed action)]) rebuilt by replaying the executed actions
-    for ep in request["replay"]:
+    hooks = {name: checked(name) for name in jailed}
+    try:
+        jailed.start()  # imports hooks.py, in the jail
+        for ep in replay:
+            game = envs.make(env, ep["task"])
+            obs = game.reset(ep["seed"])
+            memory = automem.memory_fs.MemoryFS(work / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"],
+                                                max_result_lines=scaffold["limits"]["search_max_lines"])  # as Agent.reset
+            ctx = automem.Context(0, None, memory, game)
+            for t, (action, executed) in enumerate(ep["steps"]):
+                ctx.step, ctx.obs = t, obs
+                for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
+                    try:
+                        if name in hooks:
+                            hooks[name](ctx, *([action] if name == "check_action" else []))
+                    except ValueError as e:
+                        raise ValueError(f"{e} on the recorded {ep['task']} seed {ep['seed']} step {t}") from None
+                ctx.actions.append(action)
+                obs, _, done, _ = game.step(executed)
+                if done:
+                    break
+            game.close()
+        ep = replay[0]
         game = envs.make(env, ep["task"])
-        obs, seen = game.reset(ep["seed"]), []
-        for action, executed in ep["steps"]:
-            seen.append((obs, action))
-            obs, _, done, _ = game.step(executed)
-            if done:
-                break
-        episodes.append((game, seen, ep))
-    sys.addaudithook(audit)  # permanent; active only while guard["on"]
-    signal.signal(signal.SIGALRM, alarm)
-    try:
-        scaffold = guarded(automem.load_scaffold, scaffold_dir)  # imports hooks.py
-    except ValueError as e:
-        return finish(False, str(e))
-    hooks = {name: hook(name, fn) for name, fn in scaffold["hooks"].items()}
-    for game, seen, ep in episodes:
-        memory = automem.memory_fs.MemoryFS(sandbox / "work" / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"],
-                                            max_result_lines=scaffold["limits"]["search_max_lines"])  # as Agent.reset
-        ctx = automem.Context(0, None, memory, game)
-        for t, (obs, action) in enumerate(seen):
-            ctx.step, ctx.obs = t, obs
-            for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
-                try:
-                    if name in hooks:
-                        hooks[name](ctx, *([action] if name == "check_action" else []))
-                except Exception as e:
-                    return finish(False, f"{name} raised {type(e).__name__}: {line(e, 200)}{where(e)} "
-                                         f"on the recorded {ep['task']} seed {ep['seed']} step {t}")
-            ctx.actions.append(action)
-    game, seen, ep = episodes[0]
-    actions = itertools.cycle(game.actions)  # a different action each step, for check_action
-    smoke = llm.load("scripted", replies=lambda messages: f"<|DONE|> <|ACTION|>{next(actions)}<|END|>")
-    agent = automem.Agent({**scaffold, "hooks": hooks}, smoke, game, sandbox / "work" / "smoke_memory")
-    try:
-        automem.run_episode(agent, game, ep["seed"], sandbox / "work" / "smoke.jsonl", max_steps=SMOKE_STEPS)
-    except Exception as e:
-        return finish(False, f"smoke episode ({SMOKE_STEPS} steps, scripted model): {type(e).__name__}: "
-                             f"{line(e, 200)}{where(e)}")
-    finish(True)
+        actions = itertools.cycle(game.actions)  # a different action each step, for check_action
+        smoke = llm.load("scripted", replies=lambda messages: f"<|DONE|> <|ACTION|>{next(actions)}<|END|>")
+        agent = automem.Agent({**scaffold, "hooks": hooks}, smoke, game, work / "smoke_memory")
+        try:
+            automem.run_episode(agent, game, ep["seed"], work / "smoke.jsonl", max_steps=SMOKE_STEPS)
+        except ValueError as e:
+            raise ValueError(f"smoke episode ({SMOKE_STEPS} steps, scripted model): {e}") from None
+        finally:
+            game.close()
+    finally:
+        jailed.close()
+    return {"calls": jailed.calls}
 
 
 def replay_request(eval_dir):
@@ -780,27 +630,30 @@ def run_iteration(config, run_dir, state, k):
     inc_dir = ROOT / inc["path"]
     inc_files = {n: (inc_dir / n).read_text() for n in ("scaffold.yaml", "hooks.py") if (inc_dir / n).is_file()}
     hooks = files.get("hooks.py", inc_files.get("hooks.py"))  # no hooks.py block: the incumbent's stays
-    unnamed = lambda text: re.sub(r"(?m)^name:.*$", "", text, count=1)
+    unnamed = lambda text: re.sub(TRUSTED_LINE, "", re.sub(r"(?m)^name:.*$", "", text, count=1))
     if unnamed(yaml_text) == unnamed(inc_files["scaffold.yaml"]) and hooks == inc_files.get("hooks.py"):
         return reject("parse", "no change: the files are the incumbent's")
-    (cand / "scaffold.yaml").write_text(yaml_text)
+    (cand / "scaffold.yaml").write_text(re.sub(TRUSTED_LINE, "", yaml_text).rstrip("\n") + "\n" + UNTRUSTED)
     try:
         check_schema(cand, env)  # before hooks.py exists, so loading imports no model code
+        if automem.load_scaffold(cand).get("trusted") is not False:
+            raise ValueError(f"scaffold.yaml sets trusted itself: the loop writes {UNTRUSTED.strip()}")
     except Exception as e:  # a ValueError naming the problem, or whatever a malformed shape raised
         return reject("schema", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
     if hooks is not None:
         try:
-            check_hooks_source(hooks)
+            check_source(hooks)
         except ValueError as e:
             return reject("static check", str(e))
         (cand / "hooks.py").write_text(hooks)
     try:
-        validate_in_sandbox(cand, it_dir / "sandbox", env, replay_request(ROOT / inc["eval"]), config["validate_timeout"])
-        automem.load_scaffold(cand)  # what eval.py does next, in this process: hooks.py passed the sandbox
+        validate_hooks(cand, it_dir / "sandbox", env, replay_request(ROOT / inc["eval"]), config["validate_timeout"])
     except ValueError as e:
         return reject("sandbox", str(e))
     try:
         results = evaluate(config, cand, it_dir / "eval")  # SystemExit (the agent's model failed) stops the loop
+    except jail.JailError:
+        raise  # the machine's fault, not the candidate's: stop the loop
     except Exception as e:  # e.g. a hook that failed in a state the validation did not reach
         return reject("evaluation", f"{type(e).__name__}: {line(e, 300)}")
     record["score"] = score = results["progression"]
@@ -896,7 +749,7 @@ def main(argv=None):
         run_dir = prepare_run_dir(config, args.runs_dir)
         print(f"loop {run_dir}: {args.iterations} iterations")
         run_loop(config, run_dir, args.iterations)
-    except (ValueError, FileNotFoundError, llm.BackendError) as e:
+    except (ValueError, FileNotFoundError, llm.BackendError, jail.JailError) as e:
         evaluation.fail(e)
     print(report(args.runs_dir, config["scaffolds_dir"], config["env"]))
 

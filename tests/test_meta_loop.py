@@ -1,7 +1,7 @@
 """Loop 1 on real Crafter with a scripted agent and a scripted meta-LLM: a revision that helps is
 accepted and published, every bad one (unparseable, invalid YAML, crashing, hanging, worse, equal,
 hostile) is rejected with its reason and the incumbent stays intact; an interrupted iteration
-resumes; the hook policy's static check and subprocess sandbox each refuse hostile hooks."""
+resumes. Hostile hooks and the static check: tests/test_jail.py."""
 import importlib.util
 import json
 import re
@@ -76,7 +76,7 @@ def test_loop_accepts_the_improvement_and_rejects_the_rest(tmp_path, capsys):
         proposal("def before_plan(ctx):\n    return 1 / 0\n"),             # 4 crashes when called
         proposal("raise ImportError('no such helper')\n"),               # 5 crashes on import
         proposal("def before_plan(ctx):\n    return 'HINT: Noop'\n"),      # 6 worse than v1
-        proposal(TREE_HOOKS + "# same behaviour, new comment\n"),          # 7 equal to v1: not strictly better
+        proposal(TREE_HOOKS + "# same behaviour, new comment\n", yaml=YAML + "trusted: true\n"),  # 7 equal to v1; trusts itself
         proposal("def after_log(ctx):\n    open('/tmp/automem-escape.txt', 'w').write('x')\n"),  # 8 hostile
     ]
     run_dir, state = loop(tmp_path, replies[:1], 1)
@@ -95,6 +95,8 @@ def test_loop_accepts_the_improvement_and_rejects_the_rest(tmp_path, capsys):
     v1 = tmp_path / "scaffolds" / "crafter" / "v1"
     assert sorted(p.name for p in v1.parent.iterdir()) == ["v0", "v1"]
     assert (v1 / "hooks.py").read_text() == TREE_HOOKS and "name: crafter-v1" in (v1 / "scaffold.yaml").read_text()
+    for yaml_path in (v1 / "scaffold.yaml", run_dir / "candidates" / "iter7" / "scaffold" / "scaffold.yaml"):
+        assert yaml_path.read_text().endswith(meta_loop.UNTRUSTED) and "trusted: true" not in yaml_path.read_text()
     meta = json.loads((v1 / "meta.json").read_text())
     assert meta["parent"] == "v0" and meta["iteration"] == 1 and meta["rationale"] == "steer to trees"
     assert meta["meta_model"]["backend"] == "llamacpp" and meta["score"]["mean"] > meta["parent_score"]["mean"]
@@ -135,34 +137,6 @@ def test_resume_after_an_interruption_between_candidate_and_evaluation(tmp_path)
     assert sorted(p.name for p in (tmp_path / "scaffolds" / "crafter").iterdir()) == ["v0", "v1"]
 
 
-@pytest.mark.parametrize("source,message", [
-    ("import os\n", "line 1: import of os"),
-    ("import subprocess\ndef observe(ctx):\n    subprocess.run(['ls'])\n", "import of subprocess"),
-    ("from automem import shutil\n", "import of automem.shutil"),
-    ("def observe(ctx):\n    return open('../../x').read()\n", "line 2: name open"),
-    ("def observe(ctx):\n    return __import__('os').getcwd()\n", "name __import__"),
-    ("def observe(ctx):\n    return eval('1')\n", "name eval"),
-    ("def after_log(ctx):\n    (ctx.memory.root / '../../x').write_text('x')\n", "attribute .write_text"),
-    ("import automem\ndef observe(ctx):\n    automem.os.getcwd()\n", "attribute .os"),
-    ("def observe(ctx):\n    return ctx.__class__.__subclasses__()\n", "attribute .__"),
-    ("def observe(ctx):\n    ctx.game.step('Do')\n", "call of .step()"),
-    ("import automem\nautomem.LIMITS['plan_turns'] = 99\n", "line 2: assignment into module automem"),
-    ("def observe(ctx)\n    pass\n", "line 1: syntax error"),
-])
-def test_static_check_refuses_hostile_hooks(source, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        meta_loop.check_hooks_source(source)
-
-
-def test_static_check_allows_ordinary_hooks():
-    for env in ("crafter", "minihack", "nethack"):
-        hooks = ROOT / "scaffolds" / env / "v0" / "hooks.py"
-        if hooks.is_file():
-            meta_loop.check_hooks_source(hooks.read_text())
-    meta_loop.check_hooks_source(TREE_HOOKS + "import collections\nfrom automem import nle_map_analysis\n"
-                                 "def after_log(ctx):\n    ctx.episode['n'] = ctx.episode.get('n', 0) + 1\n")
-
-
 @pytest.fixture(scope="module")
 def v0_run(tmp_path_factory):
     """A short scripted eval of v0 (the agent stands still): traces to digest and steps to replay."""
@@ -187,45 +161,12 @@ def test_digest_cites_steps_and_fits_its_budget(v0_run):
     assert len(small) <= 1600 and "1 more episodes not shown" in small
 
 
-# Each bypasses the static check: validate_in_sandbox is the second layer, tested alone.
-SWALLOWED = """import subprocess
-
-
-def observe(ctx):
-    for attempt in (lambda: open("../../../escape.txt", "w").write("x"), lambda: open("/etc/hostname").read(),
-                    lambda: subprocess.run(["true"])):
-        try:
-            attempt()
-        except Exception:
-            pass  # the violation is recorded anyway
-"""
-
-
-@pytest.mark.parametrize("hooks,message", [
-    (SWALLOWED, "hook policy: open "),
-    ("def observe(ctx):\n    print('x' * 3_000_000)\n", "printed"),                # megabytes of output
-    ("def observe(ctx):\n    while True:\n        try:\n            while True:\n                pass\n"
-     "        except BaseException:\n            pass\n", "not finished after 15 s"),  # swallows the per-call alarm
-])
-def test_sandbox_refuses_hostile_hooks(tmp_path, replay, hooks, message):
-    candidate = tmp_path / "candidate"
-    shutil.copytree(V0, candidate)
-    (candidate / "hooks.py").write_text(hooks)
-    before = snapshot(candidate)
-    with pytest.raises(ValueError, match=re.escape(message)) as e:
-        meta_loop.validate_in_sandbox(candidate, tmp_path / "run" / "sandbox", "crafter", replay, timeout=15)
-    if hooks == SWALLOWED:
-        assert "escape.txt (outside the sandbox)" in str(e.value) and "/etc/hostname" in str(e.value)
-        assert "subprocess.Popen" in str(e.value)
-    assert snapshot(candidate) == before and not (tmp_path / "escape.txt").exists()
-
-
-def test_sandbox_passes_good_hooks_on_recorded_and_live_steps(tmp_path, replay):
+def test_validation_passes_good_hooks_on_recorded_and_live_steps(tmp_path, replay):
     candidate = tmp_path / "candidate"
     shutil.copytree(V0, candidate)
     (candidate / "hooks.py").write_text(TREE_HOOKS + "def after_log(ctx):\n    ctx.episode['n'] = ctx.step\n")
-    result = meta_loop.validate_in_sandbox(candidate, tmp_path / "sandbox", "crafter", replay, timeout=120)
-    assert result["ok"] and result["calls"] >= 4 + 2 * meta_loop.SMOKE_STEPS
+    result = meta_loop.validate_hooks(candidate, tmp_path / "sandbox", "crafter", replay, timeout=120)
+    assert result["calls"] >= 4 + 2 * meta_loop.SMOKE_STEPS
 
 
 def test_parse_reply():
