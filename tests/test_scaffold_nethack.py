@@ -20,7 +20,7 @@ hooks = importlib.util.module_from_spec(module_spec)
 module_spec.loader.exec_module(hooks)
 SCAFFOLD = automem.load_scaffold(V2)
 STATUS_LINES = ("Agent the Plunderess           St:18/03 Dx:16 Co:16 In:7 Wi:8 Ch:6 Neutral S:0\n"
-                "Dlvl:3 $:12 HP:7(20) Pw:2(2) AC:7 Xp:2/30 T:400 Hungry FoodPois Conf")
+                "Dlvl:3 $:12 HP:7(11) Pw:2(2) AC:7 Xp:2/30 T:400 Hungry FoodPois Conf")
 
 
 def context(tmp_path, text="", short="", step=0, actions=(), files=None):
@@ -92,10 +92,10 @@ def test_read_status_and_the_game_status_block(tmp_path):
     ctx = context(tmp_path, text=STATUS_LINES, step=5, actions=["North", "eat", "D", "search", "far east", "west",
                                                                  "Up "])
     status = hooks.read_status(ctx.obs.text)
-    assert status == {"dlvl": 3, "xp": 2, "gold": 12, "hp": 7, "hp_max": 20, "hunger": "Hungry",
+    assert status == {"dlvl": 3, "xp": 2, "gold": 12, "hp": 7, "hp_max": 11, "hunger": "Hungry",
                       "conditions": ["FoodPois", "Conf"]}
     assert hooks.game_status(ctx, status).split("\n") == [
-        "=== GAME STATUS ===", "Dlvl:3 | HP:7/20 (35%) | Hunger:Hungry | Xp:2 | Step:5",
+        "=== GAME STATUS ===", "Dlvl:3 | HP:7/11 (63%) | Hunger:Hungry | Xp:2 | Step:5",
         "!!! CONDITIONS: FoodPois, Conf: deal with them now !!!",
         "Last actions: eat, d, search, far east, west, up", "Tiles explored: 0"]
     assert hooks.game_status(ctx, hooks.read_status("HP:3(0) Satiated Weak Dlvl:0")) == ""  # no level: no block
@@ -108,7 +108,7 @@ def test_status_files_written_before_plan_at_step_0(tmp_path):
     ctx = context(tmp_path, text=STATUS_LINES, short="inventory:\na: a sword\n")
     slots = hooks.before_plan(ctx)
     assert ctx.memory.read("current_status.txt").split("\n")[1:-1] == [
-        "Dungeon level: 3", "HP: 7/20", "Hunger: Hungry", "!!! CONDITIONS: FoodPois, Conf !!!", "Experience level: 2",
+        "Dungeon level: 3", "HP: 7/11", "Hunger: Hungry", "!!! CONDITIONS: FoodPois, Conf !!!", "Experience level: 2",
         "Gold: 12", "Step: 0", "Tiles explored: 0"]
     assert ctx.memory.read("inventory.txt").split("\n")[1:] == ["inventory:", "a: a sword", ""]
     assert slots["game_status"].startswith("=== GAME STATUS ===\nDlvl:3")

@@ -26,7 +26,6 @@ MAP_FILE = "dungeon_map.txt"
 PRUNE = {"actions_log.txt": (200, 100), "strategy.txt": (60, 25), "monster_encounters.txt": (150, 50)}  # over, keep
 RECENT_ACTIONS = 20      # committed actions remembered (repaired, lower-cased)
 OSCILLATION_WINDOW = 10  # last committed actions looked at
-OSCILLATION_MOVES = 4    # moves needed among them
 OSCILLATION_REVERSALS = 3
 STATUS_ACTIONS = 6       # last actions in the PLAN status block
 STATUS_FILE_ACTIONS = 10  # ... and in current_status.txt
@@ -110,10 +109,9 @@ def recent_actions(ctx):
 
 
 def oscillation_warning(recent):
-    """A warning when the moves among the last 10 committed actions are >= 4 and turn back >= 3 times."""
+    """A warning when the moves among the last 10 committed actions turn back >= 3 times (so they are >= 4 moves,
+    their other threshold)."""
     moves = [a for a in recent[-OSCILLATION_WINDOW:] if a in BACK]
-    if len(moves) < OSCILLATION_MOVES:
-        return ""
     reversals = sum(BACK[a] == b for b, a in zip(moves, moves[1:]))
     if reversals < OSCILLATION_REVERSALS:
         return ""
