@@ -84,6 +84,8 @@ def test_map_analysis_boxoban_bars_and_doors_on_map():
     assert ("DOORS ON MAP: '+' about 2 tiles northwest; '+' about 2 tiles north; '+' about 2 tiles northeast; "
             "'+' about 4 tiles northeast") in maze  # the first 4 of 5, row by row; the blank row is skipped
     assert hooks.read_map("no map here", MAZE) is None and hooks.map_analysis(None, MAZE) == ""
+    stairs = hooks.map_analysis(hooks.read_map(observation(rows=("> > > >", "-------", "|.@.|")), MAZE), MAZE)
+    assert "STAIRS IN VIEW: '>' about 2 tiles northwest; '>' about 2 tiles north; '>' about 2 tiles northeast\n" in stairs
 
 
 def test_passable_directions_in_their_order_filtered_to_the_tasks_moves():
