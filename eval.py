@@ -44,6 +44,7 @@ QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_to
 SERVER_BACKENDS = {"openai"}  # these batch on the server: parallel episodes run as threads
 PACKAGES = ("balrog-nle", "gym", "minihack", "crafter", "llama_cpp_python", "transformers", "peft",
             "torch", "openai", "numpy")
+MIN_N_CTX = 512  # below it nothing useful fits: a v0 step's first prompt alone is 1,300-2,200 SmolLM2 tokens
 
 
 def parse_args(argv=None):
@@ -125,6 +126,9 @@ def make_config(args):
     env_names = list(envs.ENVS) if env == "all" else [env]
     for name in env_names:
         if name not in envs.ENVS:
+    if args.n_ctx < MIN_N_CTX:  # was a traceback from the first model call, after the run folder was made
+        raise ValueError(f"--n-ctx {args.n_ctx}: at least {MIN_N_CTX} tokens (a step's prompt is 1,300-2,200; "
+                         f"leave it out for 8192)")
             raise ValueError(f"unknown env {name!r}: choose one of {', '.join(envs.ENVS)} or all")
     if args.scaffold and (len(env_names) > 1 or scaffold_env != env_names[0]):
         raise ValueError(f"scaffold {args.scaffold} is for {scaffold_env}; pass --env {scaffold_env}")
