@@ -95,6 +95,7 @@ def test_same_seeds_same_numbers(tmp_path):
     (["--episodes", "-1"], "--episodes -1: must be at least 1"),  # was all seeds but the last
     (["--episodes", "11"], "has 10 seeds for crafter"),  # was 10
     (["--workers", "0"], "--workers 0: must be at least 1"),  # was a traceback
+    (["--n-ctx", "16"], "--n-ctx 16: at least 512 tokens"),  # was a traceback after the run folder was made
     (["--run-name", "../../x"], "leads outside --runs-dir"),
     (["--run-name", "/tmp/automem-abs-run"], "leads outside --runs-dir"),
     (["--env", "minihack", "--task", "MiniHack-Boxoban-Hard-v0", "--boxoban-dir", "/no/levels"],
