@@ -121,14 +121,14 @@ def make_config(args):
                         ("--max-tokens", args.max_tokens), ("--threads", args.threads)):
         if value is not None and value < 1:  # 0 would otherwise read as "not given"
             raise ValueError(f"{flag} {value}: must be at least 1 (leave it out for the default)")
+    if args.n_ctx < MIN_N_CTX:  # was a traceback from the first model call, after the run folder was made
+        raise ValueError(f"--n-ctx {args.n_ctx}: at least {MIN_N_CTX} tokens (a step's prompt is 1,300-2,200; "
+                         f"leave it out for 8192)")
     scaffold_env = automem.load_scaffold(args.scaffold, jailed=args.untrusted_hooks)["env"] if args.scaffold else None
     env = args.env or scaffold_env or "crafter"
     env_names = list(envs.ENVS) if env == "all" else [env]
     for name in env_names:
         if name not in envs.ENVS:
-    if args.n_ctx < MIN_N_CTX:  # was a traceback from the first model call, after the run folder was made
-        raise ValueError(f"--n-ctx {args.n_ctx}: at least {MIN_N_CTX} tokens (a step's prompt is 1,300-2,200; "
-                         f"leave it out for 8192)")
             raise ValueError(f"unknown env {name!r}: choose one of {', '.join(envs.ENVS)} or all")
     if args.scaffold and (len(env_names) > 1 or scaffold_env != env_names[0]):
         raise ValueError(f"scaffold {args.scaffold} is for {scaffold_env}; pass --env {scaffold_env}")
