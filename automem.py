@@ -234,7 +234,7 @@ def load_hooks(hooks_path):
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: a sys.exit(0) at import must not end eval.py as a success
         raise ValueError(f"{hooks_path}: import failed: {type(e).__name__}: {e}") from None
     return {name: getattr(module, name) for name in HOOKS if callable(getattr(module, name, None))}
 
