@@ -229,3 +229,14 @@ def test_hook_calling_sys_exit_fails_the_command(tmp_path):
     assert proc.stderr.splitlines()[-1].startswith("error: hook observe (hooks.py line ")
     results = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["envs"]["crafter"]
     assert results["episodes"] == 1 and results["expected_episodes"] == 2
+
+
+def test_hooks_calling_sys_exit_on_import_fail_the_command(tmp_path):
+    scaffold = tmp_path / "scaffold"  # was: exit status 0, nothing run, nothing said
+    shutil.copytree(ROOT / "scaffolds" / "crafter" / "v0", scaffold)
+    with open(scaffold / "hooks.py", "a") as f:
+        f.write("\nimport sys\nsys.exit(0)\n")
+    proc = subprocess.run([sys.executable, "eval.py", "--scaffold", str(scaffold), "--runs-dir", str(tmp_path / "runs")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == f"error: {scaffold / 'hooks.py'}: import failed: SystemExit: 0\n"
+    assert not (tmp_path / "runs").exists()
