@@ -39,6 +39,7 @@ import functools
 import inspect
 import json
 import os
+import pickle
 import platform
 import resource
 import selectors
@@ -72,7 +73,9 @@ LIMITS = {
 }
 JAIL_UID = 65534  # nobody: what a worker started as root runs as
 TAG_TUPLE, TAG_SET, TAG_DICT, TAG_OBJECT, TAG_MEMORY = "\0tuple", "\0set", "\0dict", "\0object", "\0memory"
-TAGS = (TAG_TUPLE, TAG_SET, TAG_DICT, TAG_OBJECT, TAG_MEMORY)
+TAG_SAME = "\0same"  # a field of the Context equal to what the worker holds: not sent again
+TAGS = (TAG_TUPLE, TAG_SET, TAG_DICT, TAG_OBJECT, TAG_MEMORY, TAG_SAME)
+PLAIN = (type(None), bool, int, float, str, list, tuple, set, frozenset, dict)
 
 # ----------------------------------------------------------------------------- the static policy (first filter)
 
@@ -194,25 +197,44 @@ def decode(value, memories=(), classes=False):
             return {inner(k): inner(v) for k, v in body}
         if tag == TAG_OBJECT:
             kind, attrs = body
-            module, _, name = (kind or "").partition(".")
-            cls = getattr(sys.modules.get(module), name, None) if classes and module in ("automem", "memory_fs") else None
-            obj = cls.__new__(cls) if dataclasses.is_dataclass(cls) else types.SimpleNamespace()
-            obj.__dict__.update({k: inner(v) for k, v in attrs.items()})
-            return obj
+            return rebuild(kind, {k: inner(v) for k, v in attrs.items()}, classes)
         if tag == TAG_MEMORY:
             return memories[body]
     return {k: inner(v) for k, v in value.items()}
 
 
-def is_plain(encoded):
-    """Whether an encoded value is plain data (no object or memory inside): what comes back from a call."""
-    if isinstance(encoded, list):
-        return all(is_plain(v) for v in encoded)
-    if isinstance(encoded, dict):
-        if len(encoded) == 1 and next(iter(encoded)) in (TAG_OBJECT, TAG_MEMORY):
-            return False
-        return all(is_plain(v) for v in encoded.values())
-    return True
+def rebuild(kind, fields, classes):
+    """An object from its class name and fields: with classes=True (in the worker) an instance of the
+    automem or memory_fs dataclass of that name (__init__ does not run), else an attribute namespace."""
+    module, _, name = (kind or "").partition(".")
+    cls = getattr(sys.modules.get(module), name, None) if classes and module in ("automem", "memory_fs") else None
+    obj = cls.__new__(cls) if dataclasses.is_dataclass(cls) else types.SimpleNamespace()
+    obj.__dict__.update(fields)
+    return obj
+
+
+def fingerprint(value):
+    """Bytes that change when value changes (a pickle, only ever compared: nothing is unpickled), or None."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return None
+
+
+def encode_fields(obj, index, memories, held):
+    """A dataclass argument (the hook Context) field by field. held maps (argument index, field) to the
+    fingerprint of what the worker holds: an equal field travels as TAG_SAME (the observation once a step,
+    ctx.episode once it changed). The memory and other objects (the game) travel whole every call."""
+    attrs = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, memory_fs.MemoryFS) or not (type(value) in PLAIN or dataclasses.is_dataclass(value)):
+            attrs[f.name] = encode(value, memories)
+            continue
+        mark = fingerprint(value)
+        attrs[f.name] = {TAG_SAME: None} if mark is not None and held.get((index, f.name)) == mark else encode(value, memories)
+        held[(index, f.name)] = mark
+    return {TAG_OBJECT: [f"{type(obj).__module__}.{type(obj).__qualname__}", attrs]}
 
 
 def memory_options(memory):
@@ -223,9 +245,8 @@ def memory_options(memory):
 
 # ----------------------------------------------------------------------------- the parent's side
 
-def defined_names(path):
-    """Top-level names a Python file defines (functions, assignments, imports), read without running it."""
-    text = Path(path).read_text()
+def defined_names(text, path):
+    """Top-level names Python source defines (functions, assignments, imports), read without running it."""
     try:
         tree = ast.parse(text)
     except SyntaxError as e:
@@ -242,19 +263,18 @@ def defined_names(path):
     return {n for n in names if not n.startswith("_")}
 
 
-def bwrap_command(module, limits, info_fd):
-    """The bubblewrap command line that runs the worker for `module` (a file on the host); bwrap writes the
-    host PID of the jail's init to info_fd."""
+def bwrap_command(name, source_fd, limits, info_fd):
+    """bubblewrap's arguments for a worker that imports the source read from source_fd as /jail/<name>;
+    bwrap writes the host PID of the jail's init to info_fd."""
     python_dirs = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent}
     python_dirs |= {Path(p) for p in sys.path if p and Path(p).is_dir() and not Path(p).resolve().is_relative_to(ROOT)}
     python_dirs = sorted(p.resolve() for p in python_dirs if not p.resolve().is_relative_to("/usr"))
     python_dirs = [p for p in python_dirs if not any(p != q and p.is_relative_to(q) for q in python_dirs)]
     binds = [(Path("/usr"), Path("/usr"))] + [(p, p) for p in python_dirs]
     binds += [(p, Path("/jail/code") / p.name) for p in sorted(ROOT.glob("*.py"))]  # the kit's modules, not its data
-    binds.append((Path(module), Path("/jail") / Path(module).name))
     if Path("/etc/ld.so.cache").is_file():
         binds.append((Path("/etc/ld.so.cache"), Path("/etc/ld.so.cache")))
-    cmd, made = ["bwrap"], {Path("/")}
+    cmd, made = [], {Path("/")}
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links; else binds
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
@@ -267,6 +287,7 @@ def bwrap_command(module, limits, info_fd):
                 made.add(parent)
     for src, dest in binds:
         cmd += ["--ro-bind", str(src), str(dest)]
+    cmd += ["--perms", "0444", "--ro-bind-data", str(source_fd), f"/jail/{name}"]  # the text the caller read, once
     cmd += ["--dev", "/dev", "--proc", "/proc", "--size", str(limits["scratch_bytes"]), "--perms", "1777",
             "--tmpfs", "/jail/scratch", "--chdir", "/jail/scratch", "--clearenv", "--setenv", "HOME", "/jail/scratch",
             "--setenv", "TMPDIR", "/jail/scratch", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
@@ -277,7 +298,7 @@ def bwrap_command(module, limits, info_fd):
         cmd += ["--unshare-user"]
     extra = [str(p) for p in python_dirs]
     worker = "import sys; sys.path.insert(0, '/jail/code'); import jail; jail.main()"
-    return cmd + ["--", sys.executable, "-I", "-B", "-c", worker, "--serve", f"/jail/{Path(module).name}",
+    return cmd + ["--", sys.executable, "-I", "-B", "-c", worker, "--serve", f"/jail/{name}",
                   json.dumps(limits), json.dumps(extra)]
 
 
@@ -303,7 +324,8 @@ def kill_worker(state):
 
 class JailedHooks(Mapping):
     """{name: function} for the functions a file defines (those in `names`, if given), each running in
-    the jailed worker. The worker starts on the first call (or .start()) and lives until .close()."""
+    the jailed worker. The file is read once, here: the worker imports that text. The worker starts on
+    the first call (or .start()) and lives until .close(); use it from the thread that started it."""
 
     def __init__(self, path, names=None, limits=None):
         self.path = Path(path).resolve()
@@ -311,7 +333,9 @@ class JailedHooks(Mapping):
         if unknown:
             raise ValueError(f"unknown jail limits {sorted(unknown)}; known: {', '.join(LIMITS)}")
         self.limits = {**LIMITS, **(limits or {})}
-        self.names = sorted(defined_names(self.path) & set(names)) if names is not None else sorted(defined_names(self.path))
+        self.source = self.path.read_bytes()  # what runs: this text, whatever happens to the file later
+        defined = defined_names(self.source, self.path)
+        self.names = sorted(defined & set(names) if names is not None else defined)
         self.calls = 0
         self._state = {}  # proc, stderr, buffer, owner thread, memories last sent: all the finalizer needs
         self._lock = threading.Lock()
@@ -349,13 +373,15 @@ class JailedHooks(Mapping):
         """What `name(*args)` returns in the worker; the memory writes it made are applied to the MemoryFS
         among the arguments, plain fields it changed on object arguments are set on them."""
         memories = []
-        try:
-            encoded = [encode(a, memories) for a in args]
-        except TypeError as e:
-            raise ValueError(f"{name}: {e}") from None
         with self._lock:
             self._ensure_worker()
             state = self._state
+            try:
+                encoded = [encode_fields(a, i, memories, state["held"]) if dataclasses.is_dataclass(a) and
+                           not isinstance(a, type) else encode(a, memories) for i, a in enumerate(args)]
+            except TypeError as e:
+                state["held"].clear()
+                raise ValueError(f"{name}: {e}") from None
             copies = [{"files": m.snapshot(), "options": memory_options(m)} for m in memories]
             # a memory travels only when it differs from the worker's copy
             files = [None if copy in state["sent"][i:i + 1] else copy for i, copy in enumerate(copies)]
@@ -364,6 +390,7 @@ class JailedHooks(Mapping):
             reply = self._exchange(request.encode() + b"\n", self.limits["call_seconds"], name)
             self.calls += 1
             if "error" in reply:
+                state["held"].clear()  # so does the worker: the next call sends every field
                 raise HookError(reply["error"])
             try:
                 for i, op_name, op_args, raw, alias in reply["ops"]:
@@ -376,6 +403,7 @@ class JailedHooks(Mapping):
                     target = args[int(i)]
                     for attr, new in changed.items():
                         set_field(target, attr, decode(new))
+                        state["held"][(int(i), attr)] = fingerprint(getattr(target, attr))
                 return decode(reply["value"])
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
                 kill_worker(state)  # the worker no longer holds what the parent has: start afresh
@@ -388,20 +416,25 @@ class JailedHooks(Mapping):
             kill_worker(state)  # dead, or tied (--die-with-parent) to a thread that has ended
         if state:
             return
-        if shutil.which("bwrap") is None:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
             raise JailError("bubblewrap is not installed: apt-get install bubblewrap (untrusted hooks run in its jail)")
         stderr = tempfile.TemporaryFile()
         info_read, info_write = os.pipe()  # bwrap writes {"child-pid": ...} there, then closes it
+        source = os.memfd_create("hooks")
+        os.write(source, self.source)
+        os.lseek(source, 0, os.SEEK_SET)
         try:
-            proc = subprocess.Popen(bwrap_command(self.path, self.limits, info_write), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=stderr, env={}, close_fds=True,
-                                    pass_fds=(info_write,), start_new_session=True)
+            proc = subprocess.Popen([bwrap] + bwrap_command(self.path.name, source, self.limits, info_write),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env={},
+                                    close_fds=True, pass_fds=(info_write, source), start_new_session=True)
         finally:
             os.close(info_write)
+            os.close(source)
         with os.fdopen(info_read, "rb") as f:
             info = f.read()  # ends when bwrap has written it, or has failed
         os.set_blocking(proc.stdin.fileno(), False)
-        state.update(proc=proc, stderr=stderr, buffer=bytearray(), owner=threading.current_thread(), sent=[])
+        state.update(proc=proc, stderr=stderr, buffer=bytearray(), owner=threading.current_thread(), sent=[], held={})
         if info:
             state["init_pid"] = json.loads(info)["child-pid"]
         try:
@@ -606,7 +639,7 @@ def serve(module_path, limits, extra_paths):
     except BaseException as e:  # SystemExit too: the import fails, the worker answers
         return send({"error": f"{Path(module_path).name}: import failed: {type(e).__name__}: {e}{where(e, module_path)}"})
     send({"ready": True})
-    copies = []
+    copies, held = [], {}  # memory copies; (argument index, field) -> (value, fingerprint) of what was sent
     for line in protocol_in:
         request = json.loads(line)
         name, ops = request["call"], []
@@ -615,29 +648,42 @@ def serve(module_path, limits, extra_paths):
                 copy = RecordingMemory(f"/jail/scratch/memory{i}", sent["files"], sent["options"], ops, i)
                 copies[i:i + 1] = [copy]
             copies[i].ops = ops
-        args = [decode(a, copies, classes=True) for a in request["args"]]
-        fn = getattr(module, name, None)
         try:
+            args = [decode_argument(i, a, copies, held) for i, a in enumerate(request["args"])]
+            fn = getattr(module, name, None)
             if not callable(fn):
                 raise AttributeError(f"{Path(module_path).name} defines no function {name}")
             value = encode(fn(*args))
             changed = {}
-            for i, (arg, before) in enumerate(zip(args, request["args"])):
-                if isinstance(before, dict) and len(before) == 1 and TAG_OBJECT in before:
-                    fields, old = {}, before[TAG_OBJECT][1]
+            for i, (arg, sent) in enumerate(zip(args, request["args"])):
+                if isinstance(sent, dict) and TAG_OBJECT in sent:  # plain fields the hook changed go back
+                    fields = {}
                     for attr, v in vars(arg).items():
-                        if attr not in old or is_plain(old[attr]):
-                            try:
-                                now = encode(v, plain=True)
-                            except TypeError:
-                                continue
-                            if now != old.get(attr):
-                                fields[attr] = now
+                        mark = fingerprint(v) if type(v) in PLAIN else None
+                        if mark is not None and mark != held.get((i, attr), (None, None))[1]:
+                            fields[attr] = encode(v, plain=True)
+                            held[(i, attr)] = (v, mark)
                     if fields:
                         changed[i] = fields
             send({"value": value, "ops": ops, "changed": changed})
         except BaseException as e:  # whatever a hook raises, SystemExit included, is its failure
+            held.clear()
             send({"error": f"{name} raised {type(e).__name__}: {str(e)[:300]}{where(e, module_path)}"})
+
+
+def decode_argument(index, value, copies, held):
+    """An argument in the worker: the Context rebuilt field by field (TAG_SAME: the value held since the
+    last call, as the hook left it), anything else decoded."""
+    if not (isinstance(value, dict) and len(value) == 1 and TAG_OBJECT in value):
+        return decode(value, copies, classes=True)
+    kind, attrs = value[TAG_OBJECT]
+    fields = {}
+    for attr, v in attrs.items():
+        if v != {TAG_SAME: None}:
+            new = decode(v, copies, classes=True)
+            held[(index, attr)] = (new, fingerprint(new) if type(new) in PLAIN else None)
+        fields[attr] = held[(index, attr)][0]
+    return rebuild(kind, fields, classes=True)
 
 
 def main():

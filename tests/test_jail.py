@@ -426,6 +426,14 @@ def test_a_broken_file_or_missing_function_is_a_hook_error(tmp_path):
         jail.JailedHooks(bad, limits={"seconds": 1})
 
 
+def test_the_jail_runs_the_text_read_when_made(tmp_path):
+    hooks_file = tmp_path / "hooks.py"
+    hooks_file.write_text("def observe(ctx):\n    return 'read first'\n")
+    with jail.JailedHooks(hooks_file) as hooks:  # its names and its hash (load_scaffold) are of this text
+        hooks_file.write_text("def observe(ctx):\n    return 'written later'\n")
+        assert hooks["observe"](None) == "read first"
+
+
 def test_the_jail_locks_the_worker_down(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text('''import os, resource
