@@ -21,10 +21,12 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import math
 import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -55,10 +57,13 @@ def parse_args(argv=None):
     p.add_argument("--scaffold", help="scaffold directory (default scaffolds/<env>/v0)")
     p.add_argument("--backend", default="llamacpp", choices=sorted(llm.BACKENDS))
     p.add_argument("--model", help="GGUF path, hub id / local dir, or server model name (default: embedded SmolLM2)")
-    p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; "
+                   "repeat it for replicas of one model (each worker thread keeps one, spread evenly)")
     p.add_argument("--load-4bit", action="store_true", help="transformers: bitsandbytes nf4 (CUDA)")
     p.add_argument("--memory-model", help="two-model split: model for LOG and memory consultation")
     p.add_argument("--memory-adapter", help="two-model split: LoRA adapter (path, or model name on a vLLM server)")
+    p.add_argument("--memory-base-url", action="append", help="two-model split, openai: the specialist's own server "
+                   "(repeatable, replicas); it serves --memory-model or --memory-adapter by name, else its first model")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (paper: 1.0; 0 = greedy)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (every call's seed derives from it)")
     p.add_argument("--episodes", type=int, help="episodes per task (default: all seeds in --seeds)")
@@ -175,10 +180,13 @@ def make_config(args):
         raise ValueError(f"--backend {args.backend} needs --model")
     if args.backend == "llamacpp":
         llm.gguf_path(model)  # checked here: process workers would each fail on it
+    if args.memory_base_url and args.backend != "openai":
+        raise ValueError("--memory-base-url is for --backend openai: pass --backend openai --base-url URL, "
+                         "or drop --memory-base-url")
     if args.load_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--load-4bit needs bitsandbytes (nf4 on a CUDA GPU): pip install bitsandbytes")
     tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])
-                   + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model else [])
+                   + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model or args.memory_base_url else [])
                    + (["grammar"] if any(s["grammar"] > s["scaffold_grammar"] for s in scaffolds.values()) else [])
                    + (["nogrammar"] if any(s["grammar"] < s["scaffold_grammar"] for s in scaffolds.values()) else [])
                    + ([args.text] if args.text != "automem" else []) + ([args.context] if args.context != "full" else [])
@@ -191,7 +199,7 @@ def make_config(args):
         "backend": {"backend": args.backend, "model": model, "base_url": args.base_url, "load_4bit": args.load_4bit,
                     "temperature": args.temperature, "seed": args.seed, "n_ctx": args.n_ctx,
                     "n_threads": args.threads, "n_gpu_layers": args.gpu_layers},
-        "memory_model": args.memory_model, "memory_adapter": args.memory_adapter,
+        "memory_model": args.memory_model, "memory_adapter": args.memory_adapter, "memory_base_url": args.memory_base_url,
         "boxoban_dir": args.boxoban_dir, "seeds_file": args.seeds, "jobs": jobs, "workers": args.workers,
     }
 
@@ -210,7 +218,8 @@ WORKER = {}  # per-process (or shared, for threads) backends, loaded once per mo
 
 
 def load_models(config):
-    key = json.dumps([config["backend"], config["memory_model"], config["memory_adapter"]])
+    memory_server = config.get("memory_base_url")
+    key = json.dumps([config["backend"], config["memory_model"], config["memory_adapter"], memory_server])
     if WORKER.get("key", key) != key:  # another eval.main in this process asked for other models
         WORKER.clear()
     if "llm" not in WORKER:
@@ -220,8 +229,10 @@ def load_models(config):
             spec["n_threads"] = max(1, (os.cpu_count() or 1) // config["workers"])
         adapter = config["memory_adapter"]
         WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
-        if config["memory_model"] or (adapter and spec["backend"] == "llamacpp"):
-            WORKER["memory_llm"] = load_backend({**spec, "model": config["memory_model"] or spec["model"],
+        if config["memory_model"] or memory_server or (adapter and spec["backend"] == "llamacpp"):
+            # the specialist's own server: the model named, else the one it serves (an adapter goes by name per call)
+            WORKER["memory_llm"] = load_backend({**spec, "model": config["memory_model"] or (None if memory_server else spec["model"]),
+                                                 **({"base_url": memory_server} if memory_server else {}),
                                                  **({"lora_path": gguf_adapter(adapter)} if adapter and spec["backend"] == "llamacpp" else {})})
     adapter = config["memory_adapter"]
     memory_adapter = {"transformers": "memory", "openai": adapter}.get(config["backend"]["backend"]) if adapter else None
@@ -276,9 +287,12 @@ def run_job(config, run_dir, job):
     agent = automem.Agent(scaffold, base, game, memory_dir, kind=config["agent"],
                           memory_llm=memory_llm, memory_adapter=memory_adapter,
                           seed=hash_seed(config["backend"]["seed"], job), context=config.get("context", "full"))
+    # this episode's steps with their rate and time left, on this worker's own line under the run's bar
+    steps = tqdm(total=game.max_steps, unit="step", desc=f"{job['env']} {job['task'].removeprefix('MiniHack-')} "
+                 f"#{job['episode']:02d}", position=getattr(SLOT, "line", 1), leave=False, dynamic_ncols=True)
     try:
         end = automem.run_episode(agent, game, job["seed"], trace_path(run_dir, job),
-                                  header={"episode": job["episode"], "run": config["run_name"]})
+                                  header={"episode": job["episode"], "run": config["run_name"]}, progress=steps.update)
     except (Exception, SystemExit) as e:  # SystemExit: a hook's sys.exit(0) must not end the run as a success
         hook = failed_hook(e, Path(scaffold["path"]) / "hooks.py")
         if not hook and not isinstance(e, jail.HookError):
@@ -287,6 +301,7 @@ def run_job(config, run_dir, job):
                              f"{type(e).__name__}: {' '.join(str(e).split())[:300]}; the episode's steps so far are in "
                              f"{part}; fix hooks.py and run it under another --run-name (a changed scaffold is another run)") from None
     finally:
+        steps.close()
         game.close()
     return job, end
 
@@ -308,7 +323,8 @@ def package_versions():
 
 
 def summarize(config, run_dir):
-    """Read every finished trace of the run; write results.json and results.md; return (results, markdown)."""
+    """Read every finished trace of the run; write results.json, results.md and BALROG's summary.json; return
+    (results, markdown)."""
     by_env = {}
     for job in config["jobs"]:
         path = trace_path(run_dir, job)
@@ -332,9 +348,38 @@ def summarize(config, run_dir):
             "behaviour": metrics.behaviour(episodes),
         }
     (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2))
+    (Path(run_dir) / "summary.json").write_text(json.dumps(balrog_summary(config, by_env), indent=4))
     md = results_markdown(results)
     (Path(run_dir) / "results.md").write_text(md)
     return results, md
+
+
+BALROG_ENVS = {"crafter": "crafter", "minihack": "minihack", "nethack": "nle"}  # BALROG's names
+
+
+def balrog_summary(config, by_env):
+    """The summary.json that BALROG's evaluator writes (balrog/utils.py, collect_and_summarize_results), from this
+    run's episodes: per env the mean progression and its standard error in % (population std / sqrt(n); 0 for one
+    episode) and the episodes played; overall the mean of the env means, with the standard error
+    sqrt(sum of the env standard errors squared) / envs; prompt and completion tokens; its client and agent blocks
+    hold our backend and agent under BALROG's key names where one exists."""
+    envs = {}
+    for env, episodes in by_env.items():
+        stats = metrics.progression_stats([end["progression"] for _, _, end in episodes])
+        envs[BALROG_ENVS[env]] = {"progression_percentage": stats["mean"], "standard_error": stats["se"],
+                                  "episodes_played": stats["n"]}
+    calls = [c for episodes in by_env.values() for _, steps, _ in episodes for c in metrics.calls(steps)]
+    backend = config["backend"]
+    return {
+        "average_progress": sum(e["progression_percentage"] for e in envs.values()) / len(envs) if envs else 0.0,
+        "standard_error": math.sqrt(sum(e["standard_error"] ** 2 for e in envs.values())) / len(envs) if envs else 0.0,
+        "environments": envs,
+        "total_input_tokens": sum(c["prompt_tokens"] for c in calls),
+        "total_output_tokens": sum(c["completion_tokens"] for c in calls),
+        "client": {"client_name": backend.get("backend"), "model_id": backend.get("model"), "base_url": backend.get("base_url"),
+                   "generate_kwargs": {"temperature": backend.get("temperature")}},
+        "agent": {"type": config["agent"], "scaffolds": {env: s["path"] for env, s in config["scaffolds"].items()}},
+    }
 
 
 def results_markdown(results):
@@ -466,15 +511,35 @@ def outcomes(config, run_dir, todo, server):
             yield job, attempt(run_job, config, run_dir, job)
         return
     # spawn, not fork: a forked child inherits OpenMP and CUDA state that hangs or fails in it
-    pool = (ThreadPoolExecutor(config["workers"]) if server else
-            ProcessPoolExecutor(config["workers"], mp_context=multiprocessing.get_context("spawn"),
-                                initializer=join_lock, initargs=(str(run_dir / ".lock"),)))
+    spawn = multiprocessing.get_context("spawn")
+    slots, bars_lock = spawn.Value("i", 0), spawn.RLock()
+    tqdm.set_lock(bars_lock)  # one lock for every bar on the terminal, this process's and the workers'
+    pool = (ThreadPoolExecutor(config["workers"], initializer=take_slot, initargs=(slots,)) if server else
+            ProcessPoolExecutor(config["workers"], mp_context=spawn, initializer=process_worker,
+                                initargs=(str(run_dir / ".lock"), slots, bars_lock)))
     try:
         futures = {pool.submit(run_job, config, run_dir, j): j for j in todo}
         for fut in as_completed(futures):
             yield futures[fut], attempt(fut.result)
     finally:
         pool.shutdown(cancel_futures=True)  # waits for the running ones
+
+
+SLOT = threading.local()  # line: this worker's line under the run's bar, where its episodes' steps show
+
+
+def take_slot(slots):
+    """Pool initializer: this worker (thread or process) takes the next line under the run's bar."""
+    with slots.get_lock():
+        slots.value += 1
+        SLOT.line = slots.value
+
+
+def process_worker(lock_path, slots, bars_lock):
+    """Process pool initializer: share the run's lock, draw bars under the parent's lock, take a line."""
+    join_lock(lock_path)
+    tqdm.set_lock(bars_lock)
+    take_slot(slots)
 
 
 def attempt(fn, *args):
@@ -512,6 +577,10 @@ def run(args, config, run_dir):
         print("note: --grammar on, as the embedded 135M model cannot write the op syntax unaided "
               "(--grammar off runs it unconstrained, the paper's setting)")
     server = config["backend"]["backend"] in SERVER_BACKENDS
+    replicas = len(config["backend"]["base_url"] or []) if server else 0
+    if replicas > config["workers"]:
+        print(f"note: {replicas} --base-url servers and {config['workers']} worker(s): a worker keeps one server, "
+              f"so --workers {replicas} or more keeps them all busy")
     if todo:
         try:
             load_models(config) if (config["workers"] == 1 or server) else None

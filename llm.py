@@ -10,6 +10,7 @@ llm.py: model backends behind one call, messages in -> text and token counts out
     llm.load("llamacpp", "model.gguf", n_ctx=4096, temperature=0, lora_path="specialist.gguf")
     llm.load("transformers", "Qwen/Qwen2.5-32B-Instruct", load_4bit=True, adapters={"memory": "adapters/x"})
     llm.load("openai", "Qwen/Qwen2.5-32B-Instruct", base_url="http://127.0.0.1:8000/v1")
+    llm.load("openai", "Qwen/Qwen2.5-32B-Instruct", base_url=["http://a:8000/v1", "http://b:8000/v1"])  # replicas
     llm.load("scripted", replies=["<|ACTION|>north<|END|>"], cycle=True)   # or replies=f(messages) -> str
     llm.load("scripted", "runs/x/traces/crafter/default__00.jsonl")         # replay a trace's replies
 
@@ -364,30 +365,44 @@ class Transformers:
 
 
 class OpenAI:
-    """An OpenAI-compatible server (vLLM, llama.cpp server, SGLang, hosted APIs). The API key comes
-    from the env var api_key_env ("EMPTY" when unset, what local servers expect). model=None asks
-    the server which model it serves. The client's own retries are off: a call is tried
-    1 + retries times, waiting backoff * 2**i seconds between tries, on connection errors (a reply
-    cut off mid-way too), timeouts, malformed JSON, 408/409/429 and 5xx; then (or at once on other
-    errors) it raises BackendError.
-    Safe to call from several threads (the client is; nothing else is shared)."""
+    """An OpenAI-compatible server (vLLM, llama.cpp server, SGLang, hosted APIs), or several replicas
+    of one model (base_url a list). The API key comes from the env var api_key_env ("EMPTY" when
+    unset, what local servers expect). model=None asks the (first) server which model it serves.
+    The client's own retries are off: a call is tried 1 + retries times, waiting backoff * 2**i
+    seconds between tries, on connection errors (a reply cut off mid-way too), timeouts, malformed
+    JSON, 408/409/429 and 5xx; then (or at once on other errors) it raises BackendError.
+    Safe to call from several threads (the clients are; nothing else is shared but the replica
+    counts). Replicas: a thread keeps the one it first got, the replica fewest threads use (so
+    eval.py's worker threads spread evenly and each server's prefix cache holds whole episodes)."""
     GRAMMAR = True
 
     def __init__(self, model=None, *, base_url=None, api_key_env="OPENAI_API_KEY", timeout=TIMEOUT,
                  retries=RETRIES, backoff=BACKOFF, seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
         import openai
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        self.base_urls = urls or [os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")]
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(api_key_env, "EMPTY"),
-                                    timeout=timeout, max_retries=0)
-        self.model = model or self.call(lambda: self.client.models.list().data[0].id, "list models")
+        self.clients = [openai.OpenAI(base_url=url, api_key=os.environ.get(api_key_env, "EMPTY"),
+                                      timeout=timeout, max_retries=0) for url in self.base_urls]
+        self.threads = [0] * len(self.clients)  # how many threads each replica serves
+        self.pinned, self.pin_lock = threading.local(), threading.Lock()
+        self.model = model or self.call(lambda client: client.models.list().data[0].id, "list models")
+
+    def replica(self):
+        """This thread's replica (index), chosen at its first call: the one fewest threads use."""
+        if not hasattr(self.pinned, "index"):
+            with self.pin_lock:
+                self.pinned.index = self.threads.index(min(self.threads))
+                self.threads[self.pinned.index] += 1
+        return self.pinned.index
 
     def call(self, fn, what):
         import openai
+        i = self.replica()
         for attempt in range(self.retries + 1):
             try:
-                return fn()
+                return fn(self.clients[i])
             except (openai.APIConnectionError, openai.APIStatusError, openai.APIResponseValidationError,
                     ValueError, IndexError) as e:  # ValueError: a body that is not JSON
                 status = getattr(e, "status_code", None)
@@ -395,14 +410,14 @@ class OpenAI:
                              or (status or 0) >= 500)
                 if not transient or attempt == self.retries:
                     detail = (str(e).splitlines() or [""])[0][:200]
-                    raise BackendError(f"openai backend: {what} at {self.base_url} failed after {attempt + 1} "
+                    raise BackendError(f"openai backend: {what} at {self.base_urls[i]} failed after {attempt + 1} "
                                        f"attempt(s): {type(e).__name__}: {detail}") from e
                 time.sleep(self.backoff * 2 ** attempt)
 
     def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
         t0 = time.perf_counter()
         constrain = {"extra_body": {"grammar": grammar, "structured_outputs": {"grammar": grammar}}} if grammar else {}
-        out = self.call(lambda: self.client.chat.completions.create(
+        out = self.call(lambda client: client.chat.completions.create(
             model=adapter or self.model, messages=messages, max_tokens=max_tokens or self.max_tokens,
             temperature=self.temperature, seed=self.seed if seed is None else seed, stop=stop or None, **constrain),
             f"chat with {adapter or self.model!r}")
@@ -412,7 +427,7 @@ class OpenAI:
                      (details and details.cached_tokens) or 0)
 
     def describe(self):
-        return {"backend": "openai", "model": self.model, "base_url": self.base_url, "seed": self.seed,
+        return {"backend": "openai", "model": self.model, "base_url": self.base_urls, "seed": self.seed,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "timeout": self.timeout,
                 "retries": self.retries, "backoff": self.backoff}
 

@@ -4,6 +4,7 @@ of one episode (or two side by side) built from its trace alone.
 
     python report.py table runs/*                       # the paper's table: progression % mean ± s.e.
     python report.py table runs/* --paper --out report  # + the paper's rows; writes .md and .csv files
+    python report.py table runs/* --paper --latex        # the progression table as LaTeX (booktabs); table.tex with --out
     python report.py figure runs/* --paper --out report # progression per scaffold version, behaviour panels
     python report.py compare runs/a runs/b              # B - A per env (MiniHack per task), bootstrap 95% interval
     python report.py replay runs/x/traces/crafter/default__00.jsonl
@@ -220,6 +221,34 @@ def table_markdown(rows, paper=False):
             out += ["", f"## Memory behaviour: {ENV_TITLES[env]}", "",
                     markdown_table(["agent", "model"] + list(METRICS.values()), body)]
     return "\n".join(out) + "\n"
+
+
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text):
+    return "".join(LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def table_latex(rows):
+    """The progression table as a LaTeX tabular (needs \\usepackage{booktabs}): mean $\\pm$ s.e. per env, the paper's
+    rows in italics, "(done/expected)" after an unfinished run's cell."""
+    envs = [e for e in ENVS if any(e in r["cells"] for r in rows)]
+
+    def cell(c):
+        if c is None:
+            return "--"
+        text = f"${c['mean']:.2f} \\pm {c['se']:.2f}$"
+        return text + (f" ({c['n']}/{c['expected']})" if c["expected"] and c["n"] < c["expected"] else "")
+
+    lines = [r"\begin{tabular}{ll" + "r" * len(envs) + "}", r"\toprule",
+             " & ".join(["Agent", "Model"] + [ENV_TITLES[e] for e in envs]) + r" \\", r"\midrule"]
+    for r in rows:
+        names = [latex_escape(r["label"]), latex_escape(r["model"])]
+        names = [rf"\textit{{{n}}}" for n in names] if r["paper"] else names
+        lines.append(" & ".join(names + [cell(r["cells"].get(e)) for e in envs]) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
 def write_table_csv(rows, out):
@@ -938,6 +967,9 @@ def main(argv=None):
         s.add_argument("runs", nargs="+", help="run directories (runs/<name>)")
         s.add_argument("--paper", action="store_true", help="add the paper's numbers (Qwen2.5-32B-Instruct)")
         s.add_argument("--out", help="folder for the files" + (" (default: report)" if name == "figure" else ""))
+    s = sub.choices["table"]
+    s.add_argument("--latex", action="store_true", help="print the progression table as LaTeX (booktabs); "
+                   "with --out also table.tex")
     s = sub.add_parser("compare", help="progression of run B minus run A with a bootstrap 95% interval")
     s.add_argument("run_a", help="runs/<name> (A, e.g. v0)")
     s.add_argument("run_b", help="runs/<name> (B, e.g. the converged scaffold)")
@@ -963,12 +995,14 @@ def main(argv=None):
             out.mkdir(parents=True, exist_ok=True)
         if args.command == "table":
             rows = table_rows(runs, args.paper)
-            md = table_markdown(rows, args.paper)
-            print(md)
+            md, tex = table_markdown(rows, args.paper), args.latex and table_latex(rows)
+            print(tex or md)
             if args.out:
                 (out / "table.md").write_text(md)
                 write_table_csv(rows, out)
-                print(f"wrote {out / 'table.md'}, table.csv, minihack_tasks.csv, behaviour.csv")
+                if tex:
+                    (out / "table.tex").write_text(tex)
+                print(f"wrote {out / 'table.md'}, table.csv, minihack_tasks.csv, behaviour.csv" + (", table.tex" if tex else ""))
         else:
             _, paths = progression_figure(runs, out, args.paper)
             _, more = behaviour_figure(runs, out, args.paper)

@@ -6,8 +6,7 @@ worth reinforcing, LoRA/QLoRA SFT trains an adapter on them, and a training engi
 meta-LLM evolve the data selection and the LoRA config, scored by the two-model evaluation
 (specialist for LOG and memory consultation, base model for the world action).
 
-    # 0. training episodes of the base agent, on seeds disjoint from seeds.txt
-    printf 'crafter: %s\\n' "$(seq -s ' ' 1000 1099)" > train_seeds.txt
+    # 0. training episodes of the base agent, on train_seeds.txt (100 per env, disjoint from seeds.txt)
     python eval.py --env crafter --seeds train_seeds.txt --run-name train-crafter
 
     # 1. data engine: rebuild each turn's exact chat, keep what select() keeps

@@ -1,0 +1,150 @@
+"""From one GPU to many, without a GPU: server layouts (replicas, the specialist on its own server or as a LoRA
+name) against local OpenAI-compatible servers, BALROG's summary.json, the LaTeX table, per-step progress, and the
+README's loop-2 chain."""
+import itertools
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import eval as evaluation
+import llm
+import report
+import train_lora
+from bench.harness_throughput import Stub
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
+
+
+def scripted(env):
+    calls = itertools.count()
+
+    def reply(messages):  # LOG's prompts offer <|DONE|>, PLAN's do not; LOG searches, then writes a new line
+        if "<|DONE|>" not in messages[-1]["content"]:
+            return f"<|ACTION|>{VALID[env]}<|END|>"
+        if len(messages) == 1:
+            return "<|SEARCH|>actions_log.txt|moved<|END|>"
+        return f"<|APPEND|>actions_log.txt|moved ({next(calls)})<|END|> <|DONE|>"
+    return llm.load("scripted", replies=reply)
+
+
+def run(tmp_path, *argv, env="crafter", name="r"):
+    evaluation.WORKER.clear()
+    evaluation.WORKER["llm"] = scripted(env)  # the real scripted backend stands in for the model
+    evaluation.main(["--env", env, "--max-steps", "3", "--episodes", "2", "--runs-dir", str(tmp_path),
+                     "--run-name", name, "--no-replay", *argv])
+    return tmp_path / name
+
+
+# -- BALROG's summary.json ---------------------------------------------------------------------
+
+def test_balrog_summary_numbers_and_keys():
+    def ep(progression, tokens):
+        return {}, [{"log": {"turns": [{"prompt_tokens": tokens, "completion_tokens": 1}]}}], {"progression": progression}
+    config = {"agent": "memory", "backend": {"backend": "openai", "model": "m", "base_url": ["u"], "temperature": 1.0},
+              "scaffolds": {"crafter": {"path": "scaffolds/crafter/v0"}, "nethack": {"path": "scaffolds/nethack/v0"}}}
+    s = evaluation.balrog_summary(config, {"crafter": [ep(0.1, 5), ep(0.3, 7)], "nethack": [ep(0.0, 11)]})
+    assert list(s) == ["average_progress", "standard_error", "environments", "total_input_tokens",
+                       "total_output_tokens", "client", "agent"]  # BALROG's keys, in its order
+    crafter_se = 100 * 0.1 / math.sqrt(2)  # population std 0.1 over 2 episodes
+    assert s["environments"] == {"crafter": {"progression_percentage": pytest.approx(20.0),
+                                             "standard_error": pytest.approx(crafter_se), "episodes_played": 2},
+                                 "nle": {"progression_percentage": 0.0, "standard_error": 0.0, "episodes_played": 1}}
+    assert s["average_progress"] == pytest.approx(10.0)  # the mean of the env means
+    assert s["standard_error"] == pytest.approx(math.sqrt(crafter_se ** 2 + 0) / 2)
+    assert (s["total_input_tokens"], s["total_output_tokens"]) == (23, 3)
+    assert s["client"]["model_id"] == "m" and s["client"]["generate_kwargs"] == {"temperature": 1.0}
+
+
+def test_eval_writes_balrog_summary_beside_results(tmp_path):
+    run_dir = run(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())["envs"]["crafter"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["environments"]["crafter"] == {"progression_percentage": results["progression"]["mean"],
+                                                  "standard_error": results["progression"]["se"],
+                                                  "episodes_played": 2}
+    assert summary["total_input_tokens"] > 0 and summary["agent"]["type"] == "memory"
+
+
+# -- report.py table --latex ---------------------------------------------------------------------
+
+def test_table_latex(tmp_path, capsys):
+    run_dir = run(tmp_path)
+    capsys.readouterr()
+    report.main(["table", str(run_dir), "--paper", "--latex", "--out", str(tmp_path / "rep")])
+    tex = capsys.readouterr().out.split("\nwrote")[0]
+    assert tex.strip() == (tmp_path / "rep" / "table.tex").read_text().strip()
+    lines = tex.splitlines()
+    assert lines[0] == r"\begin{tabular}{llrrr}" and lines[-1] == r"\end{tabular}"
+    rows = [line for line in lines if line.endswith(r"\\")]
+    assert rows[0] == r"Agent & Model & Crafter & MiniHack & NetHack \\"
+    assert (r"\textit{memory v0} & \textit{Qwen2.5-32B-Instruct (paper)} & $25.00 \pm 5.50$ & $7.50 \pm 4.16$ & "
+            r"$0.42 \pm 0.37$ \\") in rows
+    ours = [r for r in rows if "SmolLM2" in r]
+    assert len(ours) == 1 and re.fullmatch(r"memory v0 & SmolLM2-135M-Instruct\.Q4\\_1 & \$\d+\.\d\d \\pm \d+\.\d\d\$ "
+                                           r"& -- & -- \\\\", ours[0])
+    assert all(r.count("&") == 4 for r in rows)
+    assert report.latex_escape(r"a_b & {x}~^\ 100%#$") == \
+        r"a\_b \& \{x\}\textasciitilde{}\textasciicircum{}\textbackslash{} 100\%\#\$"
+
+
+# -- per-step progress ---------------------------------------------------------------------------
+
+class Bars:
+    """Stands in for tqdm: records every bar eval.py opens."""
+    made = []
+
+    def __init__(self, total=None, unit=None, desc=None, position=None, **kw):
+        self.total, self.unit, self.desc, self.position, self.n, self.closed = total, unit, desc, position, 0, False
+        Bars.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    @staticmethod
+    def set_lock(lock):
+        pass
+
+
+def test_a_step_bar_per_episode_on_its_workers_line(tmp_path, monkeypatch):
+    Bars.made = []
+    monkeypatch.setattr(evaluation, "tqdm", Bars)
+    monkeypatch.setattr(evaluation, "SERVER_BACKENDS", {"scripted"})  # thread workers, as for a server
+    run(tmp_path, "--workers", "2", "--backend", "scripted", "--model", "x")
+    steps = [b for b in Bars.made if b.unit == "step"]
+    assert len(steps) == 2 and all(b.closed for b in Bars.made)
+    assert [(b.total, b.n) for b in steps] == [(3, 3), (3, 3)]  # every step counted, of the episode's limit
+    assert sorted(b.desc for b in steps) == ["crafter default #00", "crafter default #01"]
+    assert sorted(b.position for b in steps) == [1, 2]  # one line per worker, under the run's bar (line 0)
+
+
+# -- the README's loop-2 chain ---------------------------------------------------------------------
+
+def test_readme_loop2_chain_names_agree(tmp_path, monkeypatch):
+    block = (ROOT / "README.md").read_text().split("# loop 2: memory specialist")[1].split("```")[0]
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("python")]
+    record, data = commands[0], commands[1]
+    assert record[:2] == ["python", "eval.py"] and data[:3] == ["python", "train_lora.py", "data"]
+    seeds = evaluation.read_seeds(ROOT / record[record.index("--seeds") + 1])
+    protocol = evaluation.read_seeds(ROOT / "seeds.txt")
+    assert {env: len(s) for env, s in seeds.items()} == {"crafter": 100, "minihack": 100, "nethack": 100}
+    assert all(not set(seeds[env]) & set(protocol[env]) for env in protocol)  # disjoint from the evaluation seeds
+    name = record[record.index("--run-name") + 1]
+    assert data[data.index("--runs") + 1] == f"runs/{name}"
+    assert train_lora.parse_args(["engine", "--env", "crafter"]).runs == [str(ROOT / "runs" / name)]  # the engine's default
+    # the first two lines run as written (a scripted model, 2 steps of 1 episode, under tmp_path)
+    run_dir = run(tmp_path, "--seeds", str(ROOT / record[record.index("--seeds") + 1]), name=name)
+    assert json.loads((run_dir / "config.json").read_text())["jobs"][0]["seed"] == seeds["crafter"][0]
+    out = tmp_path / "crafter.jsonl"
+    train_lora.main(["data", "--runs", str(run_dir), "--out", str(out)])
+    assert len(out.read_text().splitlines()) > 0
