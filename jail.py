@@ -13,24 +13,26 @@ at a time. Python cannot sandbox Python; the kernel can.
 
 The jail (bubblewrap, apt-get install bubblewrap): new PID, network, IPC, UTS and cgroup namespaces (no
 network at all); a file system of read-only binds (/usr, the Python installation, the kit's top-level
-modules and the hooks file: nothing else of the repository, no runs, no home) and one writable folder, /jail/scratch, a tmpfs of LIMITS["scratch_bytes"]; an empty environment; no open
-file but the two pipes. The worker sets hard limits (address space, CPU seconds, file size, processes,
-open files), drops to uid 65534 when started as root, installs a seccomp filter (x86-64: no fork or
-exec, no sockets, no namespaces, mounts, ptrace, kernel keys, bpf, io_uring), and only then imports
-the untrusted file. A call gets LIMITS["call_seconds"]; past that the worker and everything it started
+modules and the hooks file's text: nothing else of the repository, no runs, no home) and one writable
+folder, /jail/scratch, a tmpfs of LIMITS["scratch_bytes"]; an empty environment; no open file but the
+pipes. The worker sets hard limits (address space, CPU seconds, file size, processes, open files),
+drops to uid 65534 when started as root, installs a seccomp filter (x86-64: no fork or exec, no
+sockets, no namespaces, mounts, ptrace, kernel keys, bpf, io_uring), and only then imports the
+untrusted file. A call gets LIMITS["call_seconds"]; past that the worker and everything it started
 are killed, the call raises HookError, and the next call starts a fresh worker.
 
-What travels (JSON, both ways): None, bool, numbers, str, lists and dicts, with tuples, sets and
-non-string-keyed dicts tagged so they come back as they went; dataclasses (the hook Context, an
-Observation) as attribute namespaces; other objects (the game) as their public plain-data attributes
-(ctx.game.actions, .env, .task, .t, ...: a copy, it cannot be stepped); a memory_fs.MemoryFS as a copy
-of its files in the worker's scratch folder. Memory writes never happen inside the jail: every write
-a hook makes on its copy (ctx.memory.apply/execute/run) comes back as an op, and the caller applies it
-to the real memory through memory_fs (MemoryFS.apply). Plain fields the hook changed on an object
-argument come back too (ctx.episode, the per-episode state dict, updated in place); everything else a
-hook receives is a copy. A hook raising, returning something that cannot travel, timing out or
-killing its worker raises HookError (a ValueError) naming the hook and the line; JailError means the
-jail itself cannot run here (not the hook's fault).
+What travels (JSON lines, both ways): None, bool, numbers, str, lists and dicts, with tuples, sets and
+non-string-keyed dicts tagged so they come back as they went; a dataclass (the hook Context, an op,
+an observation) field by field, rebuilt in the jail as automem's or memory_fs's class when it is one
+(ctx.write works) and as an attribute namespace otherwise; other objects (the game) as their public
+plain-data attributes (ctx.game.actions, .task, .t: a copy, it cannot be stepped); a MemoryFS as a
+copy of its files in the scratch folder. A Context field equal to what the worker already holds is
+not sent again (the observation travels once a step). Memory writes never happen inside the jail:
+each write a hook makes on its copy (ctx.write, ctx.memory.apply/execute) comes back as an op that
+the caller applies to the real memory through memory_fs; plain fields the hook changed on the Context
+come back too (ctx.episode, updated in place). A hook raising, returning what cannot travel, timing
+out or killing its worker raises HookError (a ValueError) naming the hook and its line; JailError
+means the jail itself cannot run on this machine (not the hook's fault).
 """
 import argparse
 import ast
@@ -462,8 +464,7 @@ class JailedHooks(Mapping):
                 events = sel.select(left) if left > 0 else []
                 if not events:
                     kill_worker(state)
-                    raise HookError(f"{what or 'the jail'}: no reply within {seconds:g} s (a loop or a block); "
-                                    f"its worker was killed")
+                    raise HookError(f"{what}: no reply within {seconds:g} s (a loop or a block); its worker was killed")
                 for key, _ in events:
                     if key.fileobj is proc.stdin:
                         try:
@@ -475,7 +476,7 @@ class JailedHooks(Mapping):
                         continue
                     chunk = os.read(proc.stdout.fileno(), 1 << 20)
                     if not chunk:
-                        raise HookError(f"{what}: {self._death()}; it restarts on the next call")
+                        raise HookError(f"{what}: {self._death()}")
                     buffer += chunk
                     if len(buffer) > self.limits["reply_bytes"]:
                         kill_worker(state)
