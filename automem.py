@@ -249,7 +249,7 @@ class Context:
     memory: memory_fs.MemoryFS
     game: object
     episode: dict = field(default_factory=dict)
-    actions: list = field(default_factory=list)  # executed actions so far
+    actions: list = field(default_factory=list)  # the actions the agent returned so far (after repair)
     prev_action: str | None = None    # what the agent returned last step (after repair)
     prev_executed: str | None = None  # what the env ran (its default action after an invalid one)
     prev_valid: bool = True
@@ -384,9 +384,9 @@ class Agent:
     def grammar(self, name, last):
         """GBNF for one call of a routine: its ops on the current files; PLAN's last call may only commit."""
         ops = ["ACTION"] if name == "plan" and last else self.scaffold["ops"][name]
-        return memory_fs.grammar([o for o in ops if o not in self.scaffold["custom_ops"]], self.scaffold["aliases"],
-                                 self.memory.names(), self.game.actions if name == "plan" else None,
-                                 search_all=self.scaffold["search_all"])
+        return memory_fs.grammar(ops, self.scaffold["aliases"], self.memory.names(),
+                                 self.game.actions if name == "plan" else None, search_all=self.scaffold["search_all"],
+                                 custom=self.scaffold["custom_ops"])
 
     def routine(self, name, user_text, step, template=None):
         """Run LOG or PLAN: one chat of model calls with memory ops between them (see the module docstring)."""
@@ -408,7 +408,7 @@ class Agent:
             # store only what this call added; the system prompt is in the header, the observation in the step
             call["messages"] = ([{"role": "user", "content": user_text.replace(self.seen, OBS_REF, 1)}]
                                 if turn == 0 else messages[-1:])
-            ops = memory_fs.parse_ops(reply, aliases)
+            ops = memory_fs.parse_ops(reply, aliases, custom)
             mine = [op for op in ops if op.name in allowed or op.alias in allowed]
             call["ops"] = [[op.alias or op.name, op.args] for op in ops]
             results, stop = [], None
@@ -416,8 +416,7 @@ class Agent:
                 if op.name == "ACTION" and name == "plan":
                     stop = op.args[0].strip() if op.args else ""
                     break
-                results.append(self.custom_op(op) if op.name in custom and op.name in allowed
-                               else self.memory.execute(op, allowed))
+                results.append(self.custom_op(op, allowed) if op.name in custom else self.memory.execute(op, allowed))
                 if op.name == "DONE" and name == "log" and stop is None:
                     stop = ""
             call["results"] = [{"text": r.text, "ok": r.ok, "wrote": r.wrote, "redundant": r.redundant,
@@ -457,14 +456,21 @@ class Agent:
     def fill_continue(self, name, results):
         return self.scaffold["prompts"][f"{name}_continue"].format(results=results, file_index=self.memory.index())
 
-    def custom_op(self, op):
-        """A scaffold's own op (custom_ops), run by its hook; its writes go through ctx.write."""
+    def custom_op(self, op, allowed):
+        """A scaffold's own op (custom_ops), run by its hook; its writes go through ctx.write. The hook refuses an
+        op by raising ValueError(reason): an error result, as memory_fs gives for its own ops."""
+        def result(text, ok, wrote=False):
+            return memory_fs.OpResult(op, text, ok=ok, wrote=wrote, redundant=False, matches=None)
+        if op.name not in allowed:
+            return result(f"[{op.name}] error: {op.name} is not allowed here; allowed: {', '.join(sorted(allowed))}", False)
         if "custom_op" not in self.hooks:
-            return self.memory.execute(op, ())  # unknown op: an error result
+            return result(f"[{op.name}] error: no custom_op hook runs {op.name}", False)
         before = len(self.ctx.writes)
-        text = self.hooks["custom_op"](self.ctx, op)
-        wrote = len(self.ctx.writes) > before
-        return memory_fs.OpResult(op, str(text), ok=True, wrote=wrote, redundant=False, matches=None)
+        try:
+            text = self.hooks["custom_op"](self.ctx, op)
+        except ValueError as e:
+            return result(f"[{op.name}] error: {e}", False)
+        return result(str(text), True, wrote=len(self.ctx.writes) > before)
 
     # -- baselines ----------------------------------------------------------------------
     def act_baseline(self, step, obs, prev_action):

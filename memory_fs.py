@@ -87,14 +87,15 @@ class OpResult:
 
 # ----------------------------------------------------------------------------- parsing
 
-def parse_ops(text: str, aliases: dict | None = None) -> list[Op]:
-    """Ops in `text`, in the order written. Any text parses (bad alias data raises ValueError).
+def parse_ops(text: str, aliases: dict | None = None, custom: Iterable[str] = ()) -> list[Op]:
+    """Ops in `text`, in the order written. Any text parses (bad alias data raises ValueError). `custom`: a
+    scaffold's own op names, known like the built-in ones (an unknown name counts only written with pipes).
 
     An op ends at <|END|> (also <|END}, </END>, </NAME>, a chat end token) or where the next op
     begins; unterminated, READ/SEARCH/.../ACTION end with their line and APPEND/WRITE/CREATE
     at a code fence line, a bare ACTION line or the end of the text."""
     aliases = _check_aliases(aliases)
-    known = set(OPS) | set(aliases)
+    known = set(OPS) | set(aliases) | {c.upper() for c in custom}
     tags = []  # (match, closing, NAME)
     for m in TAG.finditer(text):
         lead, slash, name, trail = m.groups()
@@ -534,14 +535,16 @@ OP_ARGS = {  # GBNF for each op's arguments (rules defined in grammar())
 
 
 def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str] = (),
-            actions: Iterable[str] | None = None, search_all: bool = True) -> str:
+            actions: Iterable[str] | None = None, search_all: bool = True, custom: Iterable[str] = ()) -> str:
     """A GBNF grammar (llama.cpp; vLLM's xgrammar) whose replies are only `ops`, written canonically,
     one per line: 1 to GRAMMAR_OPS ops (with DONE allowed: optionally ending with <|DONE|>, or
     <|DONE|> alone), or, with ACTION allowed, <|ACTION|>name<|END|> alone, so read results come
     back before the action is chosen. File arguments are the names in `files` (CREATE takes a new
     name.txt); with `actions`, ACTION takes exactly one of them. Texts are one line, at most
-    GRAMMAR_TEXT characters, without '<' (so no text can open a tag)."""
+    GRAMMAR_TEXT characters, without '<' (so no text can open a tag). A `custom` op (a scaffold's own, run by
+    its hooks) takes a word, then optionally "|" and a text: <|UPSERT_MAP|>3,4|door<|END|>."""
     aliases = _check_aliases(aliases)
+    custom = {c.upper() for c in custom}
     ops = [o.upper() for o in ops]
     rules, bodies = {}, []
     for name in ops:
@@ -549,7 +552,7 @@ def grammar(ops: Iterable[str], aliases: dict | None = None, files: Iterable[str
             continue
         spec = aliases.get(name)
         target = spec["op"] if spec else name
-        args = OP_ARGS.get(target)
+        args = 'word ("|" text)?' if name in custom else OP_ARGS.get(target)
         if args is None:
             raise ValueError(f"op {name}: not one of {', '.join(OPS)} or an alias of one")
         if spec and "key" in spec:  # the key's fields, then the text: <|UPSERT_MAP|>3,4|door<|END|>

@@ -221,32 +221,43 @@ def score_text(score):
 
 RULES = """You improve the scaffold of an LLM agent that plays {env}. The agent's memory is a folder of text files.
 
-How the agent works. Every game step runs two routines. LOG (from the second step on) shows the model what its
-previous action did; the model writes memory ops such as <|APPEND|>file.txt|text<|END|> and ends with <|DONE|>.
-PLAN shows the current observation; the model may read memory (read-only ops) and must commit one game action
-with <|ACTION|>name<|END|>. A routine is a chat of at most limits.log_turns / limits.plan_turns model calls, with
-op results shown between calls. If PLAN never commits, fallback_action (default: the env's) runs.
+How the agent works. Every game step runs two routines, each a fresh chat. LOG (from the second step on) shows
+the model what its previous action did; the model writes memory ops such as <|APPEND|>file.txt|text<|END|> and
+ends with <|DONE|> (every op of that reply runs). PLAN shows the current observation; the model may read memory
+(read-only ops) and must commit one game action with <|ACTION|>name<|END|>. A routine is at most
+limits.log_turns / limits.plan_turns model calls, with op results shown between calls; a reply with no op the
+routine allows ends it. If PLAN never commits, fallback_action (default: the env's) runs.
 
 scaffold.yaml keys: name, env ({env}), limits, ops (log: [...], plan: [... including ACTION]), aliases, files
-(initial memory files, name: text), prompts (system, log, log_continue, plan, plan_continue), optional
-fallback_action, optional grammar (true: every reply is constrained to well-formed ops and valid action names,
-with no free text; helps weak models, removes room to reason). Prompts are Python str.format templates: write a literal brace as {{{{ or }}}}. Placeholders
-allowed in each prompt: {placeholders}.
+(initial memory files, name: text), prompts (system: "" sends no system message; log, log_continue, plan,
+plan_continue; plan_<name>: another PLAN template a before_plan hook may pick), texts (short notices: {texts}),
+slots (extra placeholder names that before_log/before_plan fill), custom_ops (new op names run by the custom_op
+hook), tasks (overrides of files, prompts, texts, limits, ops, fallback_action for task ids containing a key),
+search_all (SEARCH file * looks through every file), optional fallback_action, optional grammar (true: every reply
+is constrained to well-formed ops and valid action names, with no free text; helps weak models, removes room to
+reason). Prompts are Python str.format templates: write a literal brace as {{{{ or }}}}. Placeholders allowed in
+each prompt (log and plan also take the declared slots): {placeholders}.
 Ops: READ, SEARCH, TAIL, COUNT, APPEND, WRITE, CREATE, UPSERT, DONE, ACTION. An alias names a shortcut, e.g.
 aliases: {{UPSERT_MAP: {{op: UPSERT, file: dungeon_map.txt, key: "({{0}}):"}}}} makes <|UPSERT_MAP|>3,4|door<|END|>
 write the line "(3,4): door". limits may not exceed: {limits}.
 
 hooks.py (optional) defines any of these functions, called at fixed points of every step:
-  observe(ctx) -> str or None        text appended to the observation the model sees (LOG and PLAN)
-  before_log(ctx) -> str or None     text added to the LOG prompt's {{notices}}
-  after_log(ctx) -> None             file upkeep after LOG (e.g. rewrite a status file, prune a long file)
-  before_plan(ctx) -> str or None    text added to the PLAN prompt's {{notices}}
-  check_action(ctx, action) -> str or None   a reason sends the committed action back to PLAN
-                                     (at most limits.gate_retries times; the last attempt stands)
+  observe(ctx) -> str or None        before LOG: text for the prompts' {{analysis}} (e.g. a map analysis)
+  before_log(ctx) -> str, dict or None   text added to LOG's {{notices}}, or {{slot: text}} for declared slots
+  after_log(ctx) -> None             after LOG (only when LOG ran): file upkeep, e.g. prune or auto-log;
+                                     ctx.log_ops lists the ops LOG ran
+  before_plan(ctx) -> str, dict or None  as before_log for PLAN; the dict may also hold "prompt": "plan_<name>"
+  check_action(ctx, action) -> str or None   a reason refuses the committed action; it goes back into the same
+                                     PLAN chat (at most limits.gate_retries times a step)
+  repair_action(ctx, action) -> str or None  rewrites the final action (also the fallback), e.g. 'eat d' -> 'eat'
+  custom_op(ctx, op) -> str          runs an op named in custom_ops (op.name, op.args); returns its result text,
+                                     or raises ValueError(reason) to refuse it (an error result)
 ctx.step (int); ctx.obs.text / .long / .short (str); ctx.obs.state = {state}; ctx.memory: read(name) -> str,
-names(), snapshot() -> {{name: text}}, apply(memory_fs.Op("WRITE", [name, text], "")) to write (APPEND, WRITE,
-CREATE, UPSERT); ctx.game.actions (valid action names); ctx.episode (a dict kept for the whole episode);
-ctx.actions (actions executed so far). automem.nle_map_analysis(rows, x, y) describes the squares around (x, y).
+names(), snapshot() -> {{name: text}}; ctx.write(op, *args) writes memory (APPEND, WRITE, CREATE, UPSERT) and is
+recorded; ctx.game.actions (valid action names); ctx.episode (a dict kept for the whole episode); ctx.actions
+(actions executed so far); ctx.prev_action / ctx.prev_executed / ctx.prev_valid (last step's action, what the env
+ran, whether it was valid). automem.nle_map_analysis(text) is the v0 map analysis; automem.repair_two_step(action)
+the v0 repair.
 Hook rules, enforced by a static check and a sandbox (a violation rejects the revision): import only
 {imports}; never call {names}; no name or attribute starting with "_"; no file, process or network
 access (files only through ctx.memory); do not print; each call returns within {seconds} s and at most

@@ -143,6 +143,22 @@ def test_slots_prompt_switch_repair_custom_op_and_memory_only(tmp_path, game):
     assert recs[0]["action"] == "Do" and agent.memory.read("marks.txt") == "3,4|tree\n"
 
 
+def test_custom_op_refusals_grammar_and_parsing(tmp_path, game):
+    hooks = "def custom_op(ctx, op):\n    raise ValueError('x and y must be numbers')\n"
+    scaffold = hooked_scaffold(tmp_path, hooks, custom_ops="[MARK]")
+    scaffold["ops"]["log"] = scaffold["ops"]["log"] + ["MARK"]
+    replies = ["<MARK>3,4|tree</MARK> <|ACTION|>Noop<|END|>",  # PLAN: not allowed; written without pipes, still parsed
+               "<|MARK|>a,b|tree<|END|><|DONE|>", "<|ACTION|>Noop<|END|>"]
+    agent, recs, _ = play(tmp_path, game, replies, scaffold=scaffold)
+    refused = recs[0]["plan"]["turns"][0]["results"][0]
+    assert not refused["ok"] and "MARK is not allowed here" in refused["text"]
+    failed = recs[1]["log"]["turns"][0]["results"][0]
+    assert failed == {"text": "[MARK] error: x and y must be numbers", "ok": False, "wrote": False, "redundant": False,
+                      "matches": None}
+    rules = agent.grammar("log", last=False)
+    assert 'op-mark ::= "<|MARK|>" word ("|" text)? "<|END|>"' in rules
+
+
 def test_log_runs_ops_written_after_done_and_a_reply_without_allowed_ops_ends(tmp_path, game):
     replies = ["<|ACTION|>Noop<|END|>", "<|DONE|> <|APPEND|>strategy.txt|after done<|END|>",
                "<|APPEND|>strategy.txt|not in PLAN<|END|>"]

@@ -55,7 +55,8 @@ def test_upsert_map_replaces_every_line_of_the_coordinate_and_appends_the_new_on
 @pytest.mark.parametrize("body", ["x,4|floor", "3|floor", "3,4,5|floor", "3.5,4|floor", "3,4|  ", "3,4"])
 def test_upsert_map_without_whole_coordinates_and_a_description_writes_nothing(tmp_path, body):
     ctx = context(tmp_path, files={"dungeon_map.txt": "(3,4): old\n"})
-    assert "error" in hooks.upsert_map(ctx, op(f"<|UPSERT_MAP|>{body}<|END|>"))
+    with pytest.raises(ValueError, match="whole-number coordinates"):  # the agent turns it into an error result
+        hooks.upsert_map(ctx, op(f"<|UPSERT_MAP|>{body}<|END|>"))
     assert ctx.memory.read("dungeon_map.txt") == "(3,4): old\n"
 
 

@@ -59,8 +59,8 @@ def upsert_map(ctx, op):
     parts = coords.strip().strip("()").split(",")
     x, y = (whole_number(p) for p in parts) if len(parts) == 2 else (None, None)
     if x is None or y is None or not description.strip():
-        return (f"[UPSERT_MAP {coords.strip()[:40]}] error: nothing written; write whole-number coordinates and a "
-                "description: <|UPSERT_MAP|>x,y|description<|END|>")
+        raise ValueError("nothing written; write whole-number coordinates and a description: "
+                         "<|UPSERT_MAP|>x,y|description<|END|>")
     key = f"({x},{y})"
     old = ctx.memory.read(MAP_FILE).splitlines() if MAP_FILE in ctx.memory.names() else []
     ctx.write("WRITE", MAP_FILE, "\n".join([line for line in old if not line.startswith(key + ":")]
