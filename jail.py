@@ -389,7 +389,11 @@ class JailedHooks(Mapping):
             files = [None if copy in state["sent"][i:i + 1] else copy for i, copy in enumerate(copies)]
             state["sent"] = copies
             request = json.dumps({"call": name, "args": encoded, "memories": files}, ensure_ascii=False)
-            reply = self._exchange(request.encode() + b"\n", self.limits["call_seconds"], name)
+            try:
+                reply = self._exchange(request.encode() + b"\n", self.limits["call_seconds"], name)
+            except BaseException:  # e.g. Ctrl-C mid-call: a late reply must never answer the next request
+                kill_worker(state)
+                raise
             self.calls += 1
             if "error" in reply:
                 state["held"].clear()  # so does the worker: the next call sends every field
@@ -440,13 +444,16 @@ class JailedHooks(Mapping):
         if info:
             state["init_pid"] = json.loads(info)["child-pid"]
         try:
-            self._exchange(b"", self.limits["start_seconds"], "the jail")  # {"jailed": ...}: the jail is up
-        except HookError as e:
-            raise JailError(f"{e}; python jail.py --check tells why") from None
-        reply = self._exchange(b"", self.limits["start_seconds"], f"import of {self.path.name}")
-        if "error" in reply:
+            try:
+                self._exchange(b"", self.limits["start_seconds"], "the jail")  # {"jailed": ...}: the jail is up
+            except HookError as e:
+                raise JailError(f"{e}; python jail.py --check tells why") from None
+            reply = self._exchange(b"", self.limits["start_seconds"], f"import of {self.path.name}")
+            if "error" in reply:
+                raise HookError(reply["error"])
+        except BaseException:  # a worker half started is no worker
             kill_worker(state)
-            raise HookError(reply["error"])
+            raise
 
     def _exchange(self, data, seconds, what):
         """Write data to the worker and read its next line (a dict) within `seconds`; on a timeout, an

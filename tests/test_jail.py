@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -467,6 +468,24 @@ def test_a_dead_or_hung_worker_is_replaced_on_the_next_call(tmp_path):
         with pytest.raises(jail.HookError, match="exit raised SystemExit"):  # not an exit of the caller
             hooks["exit"](None)
     assert jail_processes() == []
+
+
+def test_an_interrupted_call_never_answers_the_next(tmp_path):
+    hooks_file = tmp_path / "hooks.py"
+    hooks_file.write_text("import time\ndef slow(x):\n    time.sleep(1)\n    return 'slow'\ndef fast(x):\n    return 'fast'\n")
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    with jail.JailedHooks(hooks_file) as hooks:
+        hooks["fast"](0)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)  # Ctrl-C while the worker sleeps
+            with pytest.raises(KeyboardInterrupt):
+                hooks["slow"](0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        assert hooks["fast"](0) == "fast"  # not the late 'slow'
 
 
 # ----------------------------------------------------------------------------- the static policy, loop 2
