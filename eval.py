@@ -297,9 +297,10 @@ def run_job(config, run_dir, job):
         hook = failed_hook(e, Path(scaffold["path"]) / "hooks.py")
         if not hook and not isinstance(e, jail.HookError):
             raise
-        raise jail.HookError(f"hook {hook or '(jailed)'} of scaffold {config['scaffolds'][job['env']]['path']} failed in {part.stem}: "
-                             f"{type(e).__name__}: {' '.join(str(e).split())[:300]}; the episode's steps so far are in "
-                             f"{part}; fix hooks.py and run it under another --run-name (a changed scaffold is another run)") from None
+        raise jail.HookError(f"hook {hook or '(jailed)'} of scaffold {config['scaffolds'][job['env']]['path']} failed "
+                             f"in {part.stem}: {type(e).__name__}: {' '.join(str(e).split())[:300]}; the episode's steps "
+                             f"so far are in {part}; fix hooks.py and run it under another --run-name (a changed "
+                             f"scaffold is another run)") from None
     finally:
         steps.close()
         game.close()
