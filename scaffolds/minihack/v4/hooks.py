@@ -48,7 +48,8 @@ def is_boxoban(task):
 
 
 def valid_moves(task):
-    """The moves a task accepts, as the authors fixed them: Boxoban the 4 cardinal ones, every other task all 8."""
+    """The moves a task accepts, as the authors fixed them: Boxoban the 4 cardinal ones, every other task all 8, in
+    the order N, S, E, W, NE, NW, SE, SW (theirs iterates a frozenset, whose order varies from run to run)."""
     return [d for d in NEIGHBOURS if d in CARDINAL or not is_boxoban(task)]
 
 
