@@ -300,6 +300,8 @@ class Agent:
             self.baseline_grammar = None
 
     def reset(self):
+        if self.memory_dir.is_symlink():  # rmtree refuses a link silently (ignore_errors), then we would write through it
+            raise ValueError(f"{self.memory_dir} is a symbolic link: the memory folder must be a real folder")
         shutil.rmtree(self.memory_dir, ignore_errors=True)  # this episode's own directory: a restart begins clean
         self.memory = memory_fs.MemoryFS(self.memory_dir, self.scaffold["files"],
                                          max_result_lines=self.limits["search_max_lines"],

@@ -355,3 +355,14 @@ def test_map_analysis():
     assert ("CAN MOVE: south (monster 'd'), east (stairs down '>'), west ('.'), southwest (door '+')") in lines
     assert "BLOCKED: north (wall '-'), northeast (wall '-'), northwest (wall '-')" in lines
     assert automem.nle_map_analysis("no map here") == ""
+
+
+def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (tmp_path / "mem").symlink_to(outside, target_is_directory=True)
+    agent = automem.Agent(automem.load_scaffold(CRAFTER_V0), llm.load("scripted", replies=["x"]), game, tmp_path / "mem")
+    with pytest.raises(ValueError, match="symbolic link"):
+        agent.reset()
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]  # nothing deleted or written through the link
