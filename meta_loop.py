@@ -83,6 +83,7 @@ CLAUDE_TURNS = 100         # claude-cli: agentic turns (it may read the full tra
 HOOK_SECONDS = 2.0         # one hook call in validation (the jail kills its worker past it)
 MAX_HOOK_TEXT = 20_000     # characters one hook call may return
 REPLAY_EPISODES, REPLAY_STEPS, SMOKE_STEPS = 2, 30, 5
+SLOT_HOOKS = ("before_log", "before_plan")  # they may return {slot: text} (automem.Agent.fill)
 TRUSTED_LINE = r"(?m)^trusted\s*:.*(\n|$)"
 UNTRUSTED = "trusted: false  # hooks.py runs in the jail (jail.py); set true only after reviewing it\n"
 STATE_KEYS = {  # what ctx.obs.state holds, per env (see envs.py)
@@ -524,10 +525,14 @@ def validate_hooks(scaffold_dir, work, env, replay, timeout):
             if time.monotonic() > deadline:
                 raise ValueError(f"not finished after {timeout:g} s (hooks too slow)")
             out = jailed[name](ctx, *args)
-            if not (out is None or isinstance(out, str) and len(out) <= MAX_HOOK_TEXT):
-                size = f" of {len(out)} characters" if isinstance(out, str) else ""
-                raise ValueError(f"{name} returned a {type(out).__name__}{size}: hooks return None or a str "
-                                 f"of at most {MAX_HOOK_TEXT} characters")
+            if isinstance(out, dict) and name in SLOT_HOOKS:
+                texts = list(out.values())
+                ok = all(isinstance(k, str) for k in out) and all(t is None or isinstance(t, str) for t in texts)
+            else:
+                texts, ok = [out], out is None or isinstance(out, str)
+            if not ok or sum(len(t or "") for t in texts) > MAX_HOOK_TEXT:
+                raise ValueError(f"{name} returned {type(out).__name__} {line(repr(out), 80)}: hooks return None or a "
+                                 f"str ({', '.join(SLOT_HOOKS)}: or {{slot: str}}), at most {MAX_HOOK_TEXT} characters")
             return out
         return call
     hooks = {name: checked(name) for name in jailed}
@@ -536,11 +541,11 @@ def validate_hooks(scaffold_dir, work, env, replay, timeout):
         for ep in replay:
             game = envs.make(env, ep["task"])
             obs = game.reset(ep["seed"])
-            memory = automem.memory_fs.MemoryFS(work / f"replay_{ep['task']}_{ep['seed']}", scaffold["files"],
-                                                max_result_lines=scaffold["limits"]["search_max_lines"])  # as Agent.reset
-            ctx = automem.Context(0, None, memory, game)
+            agent = automem.Agent({**scaffold, "hooks": hooks}, None, game, work / f"replay_{ep['task']}_{ep['seed']}")
+            agent.reset()  # no model: the episode's memory and hook context, as in an evaluation
+            ctx = agent.ctx
             for t, (action, executed) in enumerate(ep["steps"]):
-                ctx.step, ctx.obs = t, obs
+                ctx.step, ctx.obs, ctx.log_ops = t, obs, []
                 for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
                     try:
                         if name in hooks:
@@ -548,6 +553,7 @@ def validate_hooks(scaffold_dir, work, env, replay, timeout):
                     except ValueError as e:
                         raise ValueError(f"{e} on the recorded {ep['task']} seed {ep['seed']} step {t}") from None
                 ctx.actions.append(action)
+                ctx.prev_action, ctx.prev_executed, ctx.prev_valid = action, executed, action == executed
                 obs, _, done, _ = game.step(executed)
                 if done:
                     break
