@@ -387,7 +387,7 @@ class OpenAI:
                                       timeout=timeout, max_retries=0) for url in self.base_urls]
         self.threads = [0] * len(self.clients)  # how many threads each replica serves
         self.pinned, self.pin_lock = threading.local(), threading.Lock()
-        self.model = model or self.call(lambda client: client.models.list().data[0].id, "list models")
+        self.model = model or self.call(lambda client: client.models.list().data[0].id, "list models", replica=0)
 
     def replica(self):
         """This thread's replica (index), chosen at its first call: the one fewest threads use."""
@@ -397,9 +397,10 @@ class OpenAI:
                 self.threads[self.pinned.index] += 1
         return self.pinned.index
 
-    def call(self, fn, what):
+    def call(self, fn, what, replica=None):
+        """fn(client) on this thread's replica (or the one given), retried as the class says."""
         import openai
-        i = self.replica()
+        i = self.replica() if replica is None else replica
         for attempt in range(self.retries + 1):
             try:
                 return fn(self.clients[i])

@@ -208,12 +208,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server():
+def start_server(models=None, config_dir=None):
+    """A llama.cpp server on loopback serving the embedded GGUF; models: its config file's model entries
+    (aliases, chat formats; written to config_dir), the first one the default."""
     for module in ("uvicorn", "fastapi", "sse_starlette", "starlette_context"):
         pytest.importorskip(module, reason="the llama.cpp server needs: pip install 'llama-cpp-python[server]'")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", llm.DEFAULT_MODEL,
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+    if models:
+        config = Path(config_dir) / f"llama_server_{port}.json"
+        config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [
+            {"model": llm.DEFAULT_MODEL, "n_ctx": 2048, "verbose": False, **m} for m in models]}))
+        args = ["--config_file", str(config)]
+    else:
+        args = ["--model", llm.DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):  # ready when it lists its model; give up after a minute

@@ -6,12 +6,16 @@ import json
 import math
 import re
 import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import automem
 import eval as evaluation
 import llm
+import metrics
 import report
 import train_lora
 from bench.harness_throughput import Stub
@@ -38,6 +42,117 @@ def run(tmp_path, *argv, env="crafter", name="r"):
     evaluation.main(["--env", env, "--max-steps", "3", "--episodes", "2", "--runs-dir", str(tmp_path),
                      "--run-name", name, "--no-replay", *argv])
     return tmp_path / name
+
+
+# -- server layouts ------------------------------------------------------------------------------
+# Real llama.cpp servers serve the embedded GGUF under several names. A name served with the "chatml" chat format
+# renders a prompt without the default system prompt of the GGUF's own template, so its prompt token count tells
+# which name (on which server) answered: a llama.cpp server answers a name it lacks with its first model.
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """A: 'base' (the GGUF's template) and 'specialist' (chatml), as one vLLM server with a LoRA name;
+    B: 'memory' (chatml) alone, as the authors' specialist server."""
+    from test_llm import start_server, stop_server
+    folder = tmp_path_factory.mktemp("servers")
+    (a, url_a), (b, url_b) = (start_server([{"model_alias": "base"}, {"model_alias": "specialist", "chat_format": "chatml"}],
+                                           folder),
+                              start_server([{"model_alias": "memory", "chat_format": "chatml"}], folder))
+    yield url_a, url_b
+    stop_server(a)
+    stop_server(b)
+
+
+def prompt_tokens(backend, adapter=None):
+    return backend.chat(ASK, adapter=adapter, max_tokens=1, seed=0).prompt_tokens
+
+
+def models_of(*argv):
+    """(base, memory backend, memory adapter) as eval.py loads them for these arguments."""
+    evaluation.WORKER.clear()
+    return evaluation.load_models(evaluation.make_config(evaluation.parse_args(
+        ["--env", "crafter", "--backend", "openai", "--model", "base", *argv])))
+
+
+def test_one_server_with_the_specialist_as_a_lora_name(servers):
+    url_a, _ = servers
+    own, chatml = (prompt_tokens(llm.load("openai", name, base_url=url_a)) for name in ("base", "specialist"))
+    assert own != chatml  # the fingerprint tells the two names apart
+    base, memory, adapter = models_of("--base-url", url_a, "--memory-adapter", "specialist")
+    assert memory is None and adapter == "specialist"  # the specialist goes by name on the base's server
+    assert prompt_tokens(base) == own and prompt_tokens(base, adapter) == chatml
+
+
+def test_two_servers_the_authors_layout(servers):
+    url_a, url_b = servers
+    own, chatml = (prompt_tokens(llm.load("openai", name, base_url=url_a)) for name in ("base", "specialist"))
+    base, memory, adapter = models_of("--base-url", url_a, "--memory-base-url", url_b)
+    assert (memory.model, memory.base_urls, adapter) == ("memory", [url_b], None)  # the name B serves, asked
+    assert prompt_tokens(base) == own and prompt_tokens(memory) == chatml  # a call sent to the wrong server reads own
+
+
+def test_two_server_run_sends_each_call_to_its_server(tmp_path):
+    stubs = {"base": Stub("Noop", model="base"), "memory": Stub("Noop", model="memory")}
+    for stub in stubs.values():
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        evaluation.WORKER.clear()
+        evaluation.main(["--env", "crafter", "--backend", "openai", "--model", "base", "--base-url", stubs["base"].url,
+                         "--memory-base-url", stubs["memory"].url, "--max-steps", "2", "--episodes", "1",
+                         "--runs-dir", str(tmp_path), "--run-name", "two", "--no-replay"])
+    finally:
+        for stub in stubs.values():
+            stub.shutdown()
+            stub.server_close()
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["memory_base_url"] == [stubs["memory"].url]
+    header, steps, end = automem.read_trace(tmp_path / "two" / "traces" / "crafter" / "default__00.jsonl")
+    log, plan = ([c["model"] for c in metrics.calls(steps, r)] for r in ("log", "plan"))
+    assert end["steps"] == 2 and set(log) == {"memory"} and plan == ["memory", "base"] * 2  # consult, then act
+    assert stubs["memory"].requests == {"memory": len(log) + 2} and stubs["base"].requests == {"base": 2}
+
+
+def test_memory_base_url_needs_the_openai_backend(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluation.main(["--env", "crafter", "--memory-base-url", "http://127.0.0.1:9/v1", "--runs-dir", str(tmp_path)])
+    assert capsys.readouterr().err.startswith("error: --memory-base-url is for --backend openai")
+
+
+def test_replicas_each_thread_keeps_the_one_fewest_threads_use():
+    stubs = [Stub("Noop") for _ in range(2)]
+    for stub in stubs:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        o = llm.load("openai", base_url=[s.url for s in stubs])  # asks the first replica for its model
+        assert o.model == "stub" and o.threads == [0, 0]  # asking pins no thread
+        with ThreadPoolExecutor(4) as pool:  # each thread tags its calls with its own model name
+            list(pool.map(lambda i: [o.chat(ASK, adapter=f"t{i}") for _ in range(3)], range(4)))
+        tags = [stub.requests for stub in stubs]
+        assert sorted(len(t) for t in tags) == [2, 2] and all(n == 3 for t in tags for n in t.values())
+    finally:
+        for stub in stubs:
+            stub.shutdown()
+            stub.server_close()
+
+
+def test_eval_spreads_episodes_over_replicas(tmp_path):
+    stubs = [Stub("Noop") for _ in range(2)]
+    for stub in stubs:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        evaluation.WORKER.clear()
+        evaluation.main(["--env", "crafter", "--backend", "openai", "--model", "stub", "--workers", "4", "--episodes", "4",
+                         "--max-steps", "3", "--runs-dir", str(tmp_path), "--run-name", "r", "--no-replay",
+                         *[a for s in stubs for a in ("--base-url", s.url)]])
+    finally:
+        for stub in stubs:
+            stub.shutdown()
+            stub.server_close()
+    results = json.loads((tmp_path / "r" / "results.json").read_text())["envs"]["crafter"]
+    assert results["episodes"] == 4 and results["behaviour"]["fallback_rate"] == 0.0  # the stub's ops ran
+    # 4 worker threads, 2 per server, equal episodes: both servers answered the same number of calls
+    assert stubs[0].requests == stubs[1].requests and stubs[0].requests["stub"] > 0
 
 
 # -- BALROG's summary.json ---------------------------------------------------------------------
