@@ -106,7 +106,7 @@ def scaffold_version(config, env):
 
 
 def two_model(config):
-    return bool(config.get("memory_adapter") or config.get("memory_model"))
+    return bool(config.get("memory_adapter") or config.get("memory_model") or config.get("memory_base_url"))
 
 
 def agent_label(config):
@@ -116,7 +116,8 @@ def agent_label(config):
     versions = sorted({Path(s["path"]).name for s in config["scaffolds"].values()}, key=version_key)
     label = "memory " + "/".join(versions)
     if two_model(config):
-        label += f" + memory model ({Path(config.get('memory_adapter') or config['memory_model']).name})"
+        name = config.get("memory_adapter") or config.get("memory_model")
+        label += f" + memory model ({Path(name).name if name else 'its own server'})"
     return label
 
 

@@ -113,6 +113,13 @@ def test_two_server_run_sends_each_call_to_its_server(tmp_path):
     assert stubs["memory"].requests == {"memory": len(log) + 2} and stubs["base"].requests == {"base": 2}
 
 
+def test_a_run_with_the_specialist_on_its_own_server_is_a_loop2_row():
+    config = {"agent": "memory", "memory_adapter": None, "memory_model": None, "memory_base_url": ["http://b:8001/v1"],
+              "scaffolds": {"crafter": {"path": "scaffolds/crafter/v5"}}}
+    assert report.agent_label(config) == "memory v5 + memory model (its own server)"
+    assert report.paper_row(config, "crafter") == "+ memory training (loop 2)"
+
+
 def test_memory_base_url_needs_the_openai_backend(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluation.main(["--env", "crafter", "--memory-base-url", "http://127.0.0.1:9/v1", "--runs-dir", str(tmp_path)])
