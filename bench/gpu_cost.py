@@ -32,9 +32,11 @@ On a CPU machine, the same loop with a tiny model of the same tokenizer (token c
     python bench/gpu_cost.py run --path inproc --gguf /tmp/tiny.gguf --env minihack --seconds 60 --out tiny.json
 """
 import argparse
+import faulthandler
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +45,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,8 +58,13 @@ TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "n
         "num_key_value_heads": 2, "vocab_size": 152064}
 Q4_K, Q6_K, F32 = 12, 14, 0  # ggml type ids
 BLOCK = {Q4_K: 144, Q6_K: 210}  # bytes per 256 weights
-SCALE_AT = {Q4_K: (0, 2), Q6_K: (208,)}  # byte offsets of a block's fp16 scales (d, dmin)
-SCALE = 2 ** -14  # a small valid fp16 scale: activations stay finite through 64 random layers
+# Fixed parts of a block (offset: bytes), the rest random: weights are then zero-mean with std ~0.02, as
+# transformers initialises them, so activations stay finite through 64 random layers (random scales and mins
+# gave non-zero-mean weights whose activations overflowed). Q4_K: w = d*sc*q - dmin*m with q in 0..15;
+# sc = m = 1 in every sub-block and dmin = 7.5 d make w = d (q - 7.5). Q6_K: w = d*sc*(q - 32), sc = 1.
+D4, D6 = 0.02 / 4.6, 0.02 / 18.5  # std of q - 7.5 (q uniform 0..15) and of q - 32 (0..63)
+FIXED = {Q4_K: {0: np.float16(D4).tobytes() + np.float16(7.5 * D4).tobytes(), 4: bytes([1] * 8 + [0x11] * 4)},
+         Q6_K: {192: bytes([1] * 16), 208: np.float16(D6).tobytes()}}
 KV_BYTES = 2  # f16 KV cache
 GB = 2 ** 30
 CHATML_EOS = 151645  # <|im_end|>, what Qwen2.5-Instruct ends a turn with
@@ -116,18 +125,16 @@ def nbytes(kind, ne0, ne1):
 
 
 def block_pool(kind, blocks, rng):
-    """Random quantized blocks whose fp16 scales are all SCALE."""
-    import numpy as np
+    """Random quantized blocks with the FIXED scales of their type."""
     pool = rng.integers(0, 256, size=(blocks, BLOCK[kind]), dtype=np.uint8)
-    for at in SCALE_AT[kind]:
-        pool[:, at:at + 2] = np.frombuffer(np.float16(SCALE).tobytes(), dtype=np.uint8)
+    for at, value in FIXED[kind].items():
+        pool[:, at:at + len(value)] = np.frombuffer(value, dtype=np.uint8)
     return pool.reshape(-1)
 
 
 def write_gguf(args):
     """A Qwen2 GGUF of the chosen shape: random Q4_K/Q6_K blocks (one pool, repeated), norms 1, biases 0,
     and the tokenizer and chat template of --vocab (llama.cpp's ggml-vocab-qwen2.gguf)."""
-    import numpy as np
     sys.path.insert(0, str(Path(args.vocab).parents[1] / "gguf-py"))
     import gguf
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
@@ -204,13 +211,20 @@ class GpuMemory:
 
 
 def hbm_bandwidth():
-    """Device-to-device copy bandwidth in bytes/s (read + write), the decode step's ceiling; None without CUDA."""
+    """Device-to-device copy bandwidth in bytes/s (read + write), the decode step's ceiling; None without CUDA.
+    Measured in a child process: torch's CUDA libraries stay out of the process that loads llama.cpp's."""
+    out = subprocess.run([sys.executable, __file__, "bandwidth"], capture_output=True, text=True).stdout.split()
+    return float(out[-1]) if out and out[-1] != "None" else None
+
+
+def bandwidth(args):
     try:
         import torch
     except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        print(None)
+        return
     x = torch.empty(2 * GB, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     y.copy_(x)
@@ -219,10 +233,7 @@ def hbm_bandwidth():
     for _ in range(10):
         y.copy_(x)
     torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    del x, y
-    torch.cuda.empty_cache()
-    return 2 * 10 * 2 * GB / seconds
+    print(2 * 10 * 2 * GB / (time.perf_counter() - t0))
 
 
 def physical_limit(weights_bytes, bandwidth, n, context, shape):
@@ -237,9 +248,10 @@ def physical_limit(weights_bytes, bandwidth, n, context, shape):
             f"decode_ms_batch{n}": 1e3 * step(n), f"tok_s_batch{n}": n / step(n)}
 
 
-def instrument(cls, calls, seconds):
-    """Record every model call of backend class `cls`; `seconds` after the first call refuse new calls
-    (BackendError), so eval.py ends its episodes and returns. A call in flight then finishes and counts."""
+def instrument(cls, calls, errors, seconds):
+    """Record every model call of backend class `cls` (and what a failing one raised); `seconds` after the
+    first call refuse new calls (BackendError), so eval.py ends its episodes and returns. A call in flight
+    then finishes and counts."""
     import llm
     inner, first = cls.chat, []
 
@@ -248,7 +260,11 @@ def instrument(cls, calls, seconds):
         if time.time() > first[0] + seconds:
             raise llm.BackendError("gpu_cost: the measuring window is over")
         t0 = time.time()
-        r = inner(self, messages, **kw)
+        try:
+            r = inner(self, messages, **kw)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}"[:400])
+            raise
         calls.append({"t0": t0, "t1": time.time(), "prompt": r.prompt_tokens, "completion": r.completion_tokens,
                       "cached": r.cached_tokens})
         return r
@@ -340,6 +356,8 @@ def free_port():
 
 
 def run(args):
+    faulthandler.enable()  # a crash inside llama.cpp prints the Python stack that led there
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # `timeout`: stop the server, report
     os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir(args.prefix))
     sys.path.insert(0, str(Path(args.prefix) / "lcp"))  # llama-cpp-python's package, from the sdist
     import envs
@@ -378,9 +396,9 @@ def run(args):
         argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape-bf16", "--grammar", "off",
                  "--max-tokens", str(args.tf_max_tokens)]
         weights = None  # counted from the model once loaded
-    calls = []
+    calls, errors = [], []
     t_start = time.time()
-    instrument(cls, calls, args.seconds)
+    instrument(cls, calls, errors, args.seconds)
     with GpuMemory() as gpu:
         try:
             evaluation.main(argv)
@@ -395,6 +413,9 @@ def run(args):
         net = evaluation.WORKER["llm"].net
         weights = sum(p.numel() * p.element_size() for p in net.parameters())
         torch_peak = torch.cuda.max_memory_allocated() / GB if torch.cuda.is_available() else None
+    if not calls:
+        Path(args.out).write_text(json.dumps({"path": args.path, "n": args.n, "env": args.env, "errors": errors[:5]}))
+        sys.exit(f"error: no model call succeeded: {errors[:2]}")
     steps = trace_steps(work / "run")
     t0, t1 = min(c["t0"] for c in calls), max(c["t1"] for c in calls)
     window = t1 - t0
@@ -422,6 +443,7 @@ def run(args):
                      "seconds": sum(c["t1"] - c["t0"] for c in calls) / max(len(calls), 1)},
         "peak_gpu_gib": gpu.peak_mib / 1024 if gpu.peak_mib else None,
         "physical_limit": physical_limit(weights, bandwidth, args.n, round(context), shape),
+        "call_errors": len(errors), "first_errors": errors[:3],
         "server_command": cmd and " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)),
     }
     if args.path == "transformers":
@@ -441,6 +463,7 @@ def main():
     g.add_argument("--out", required=True)
     g.add_argument("--vocab", required=True, help="llama.cpp's models/ggml-vocab-qwen2.gguf")
     g.add_argument("--tiny", action="store_true", help=f"a tiny model of the same tokenizer: {TINY}")
+    sub.add_parser("bandwidth", help="print the GPU's copy bandwidth in bytes/s (run uses it)")
     r = sub.add_parser("run", help="play the agent loop for a window of time and measure")
     r.add_argument("--path", required=True, choices=["inproc", "server", "transformers"])
     r.add_argument("--n", type=int, default=1, help="episodes in flight (server: parallel slots)")
@@ -461,7 +484,7 @@ def main():
     r.add_argument("--workdir", default=tempfile.gettempdir())
     r.add_argument("--out", required=True)
     args = p.parse_args()
-    {"build": build, "gguf": write_gguf, "run": run}[args.cmd](args)
+    {"build": build, "gguf": write_gguf, "run": run, "bandwidth": bandwidth}[args.cmd](args)
 
 
 if __name__ == "__main__":
