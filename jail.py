@@ -662,21 +662,23 @@ def serve(module_path, limits, extra_paths):
             if not callable(fn):
                 raise AttributeError(f"{Path(module_path).name} defines no function {name}")
             value = encode(fn(*args))
-            changed = {}
-            for i, (arg, sent) in enumerate(zip(args, request["args"])):
-                if isinstance(sent, dict) and TAG_OBJECT in sent:  # plain fields the hook changed go back
-                    fields = {}
-                    for attr, v in vars(arg).items():
-                        mark = fingerprint(v) if type(v) in PLAIN else None
-                        if mark is not None and mark != held.get((i, attr), (None, None))[1]:
-                            fields[attr] = encode(v, plain=True)
-                            held[(i, attr)] = (v, mark)
-                    if fields:
-                        changed[i] = fields
-            send({"value": value, "ops": ops, "changed": changed})
+            changed = {i: changed_fields(i, arg, held) for i, (arg, sent) in enumerate(zip(args, request["args"]))
+                       if isinstance(sent, dict) and TAG_OBJECT in sent}
+            send({"value": value, "ops": ops, "changed": {i: fields for i, fields in changed.items() if fields}})
         except BaseException as e:  # whatever a hook raises, SystemExit included, is its failure
             held.clear()
             send({"error": f"{name} raised {type(e).__name__}: {str(e)[:300]}{where(e, module_path)}"})
+
+
+def changed_fields(index, obj, held):
+    """The plain fields of a Context argument that the hook changed (they go back to the caller)."""
+    fields = {}
+    for attr, value in vars(obj).items():
+        mark = fingerprint(value) if type(value) in PLAIN else None
+        if mark is not None and mark != held.get((index, attr), (None, None))[1]:
+            fields[attr] = encode(value, plain=True)
+            held[(index, attr)] = (value, mark)
+    return fields
 
 
 def decode_argument(index, value, copies, held):
