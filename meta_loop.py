@@ -256,13 +256,14 @@ hooks.py (optional) defines any of these functions, called at fixed points of ev
 ctx.step (int); ctx.obs.text / .long / .short (str); ctx.obs.state = {state}; ctx.memory: read(name) -> str,
 names(), snapshot() -> {{name: text}}; ctx.write(op, *args) writes memory (APPEND, WRITE, CREATE, UPSERT) and is
 recorded; ctx.game.actions (valid action names); ctx.episode (a dict kept for the whole episode); ctx.actions
-(actions executed so far); ctx.prev_action / ctx.prev_executed / ctx.prev_valid (last step's action, what the env
+(the actions returned so far); ctx.prev_action / ctx.prev_executed / ctx.prev_valid (last step's action, what the env
 ran, whether it was valid). automem.nle_map_analysis(text) is the v0 map analysis; automem.repair_two_step(action)
 the v0 repair.
-Hook rules, enforced by a static check and a sandbox (a violation rejects the revision): import only
-{imports}; never call {names}; no name or attribute starting with "_"; no file, process or network
-access (files only through ctx.memory); do not print; each call returns within {seconds} s and at most
-{text} characters; never step the game.
+Hook rules, enforced by a static check, then by the OS jail the hooks run in (jail.py: no network, no
+processes, a read-only file system; a violation rejects the revision): import only {imports}; never call
+{names}; no name or attribute starting with "_"; no file, process or network access (files only through
+ctx.memory and ctx.write); printing goes nowhere; each call returns within {seconds} s and at most {text}
+characters; never step the game.
 
 Goal: raise the mean progression over the fixed evaluation episodes. Your revision is evaluated once on the
 same seeds and replaces the current scaffold only if its mean progression is strictly higher{margin}.
@@ -286,7 +287,7 @@ def build_prompt(config, state):
     margin = f" by more than {config['min_margin']} points" if config["min_margin"] else ""
     parts = [RULES.format(env=env, placeholders="; ".join(f"{k}: {', '.join(sorted(v))}"
                                                           for k, v in automem.PLACEHOLDERS.items()),
-                          limits=automem.LIMITS, state=STATE_KEYS[env], imports=", ".join(ALLOWED_IMPORTS),
+                          limits=automem.LIMITS, state=STATE_KEYS[env], texts=", ".join(automem.TEXT_FIELDS), imports=", ".join(ALLOWED_IMPORTS),
                           names=", ".join(sorted(BANNED_NAMES)), seconds=HOOK_SECONDS, text=MAX_HOOK_TEXT,
                           margin=margin)]
     scaffold_dir = ROOT / inc["path"]
@@ -495,12 +496,15 @@ def check_schema(scaffold_dir, env):
     spec = automem.load_scaffold(scaffold_dir)
     if spec["env"] != env:
         raise ValueError(f"env is {spec['env']!r}, not {env!r}")
-    for name, allowed in automem.PLACEHOLDERS.items():
+    for name, text in spec["prompts"].items():
+        allowed = automem.PLACEHOLDERS.get(name, automem.PLACEHOLDERS["plan"]) | set(spec["slots"])
         try:
-            spec["prompts"][name].format(**{k: "x" for k in allowed})
+            text.format(**{k: "x" for k in allowed})
         except (ValueError, IndexError, KeyError, AttributeError) as e:
             raise ValueError(f"prompts.{name} cannot be filled: {e}") from None
-    over = {k: v for k, v in spec["limits"].items() if not (isinstance(v, int) and 0 < v <= automem.LIMITS.get(k, 0))}
+    # result_max_chars: None is the protocol's (no cap); a number only tightens it
+    over = {k: v for k, v in spec["limits"].items()
+            if v is not None and automem.LIMITS[k] is not None and not v <= automem.LIMITS[k]}
     if over:
         raise ValueError(f"limits {over} unknown or outside 1..the protocol's {automem.LIMITS} "
                          f"(a revision may not win by spending more)")
