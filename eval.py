@@ -304,6 +304,8 @@ def run_job(config, run_dir, job):
     finally:
         steps.close()
         game.close()
+        if config["untrusted_hooks"]:
+            scaffold["hooks"].close()  # ends this episode's jail now, not whenever it is collected
     return job, end
 
 
