@@ -724,6 +724,11 @@ def publish(cand, env_dir, meta):
 
 # ----------------------------------------------------------------------------- report
 
+def made_by(meta):
+    """Who made a version: a loop-1 iteration, or (shipped versions) where it comes from."""
+    return f"{meta['run']} iter{meta['iteration']}" if meta.get("run") else meta.get("source") or "hand-written"
+
+
 def report(runs_dir, scaffolds_dir, env=None):
     """Markdown: the versions of each env with their lineage, then every loop run's candidates and verdicts."""
     cell = lambda text: text.replace("|", "\\|")
@@ -737,7 +742,7 @@ def report(runs_dir, scaffolds_dir, env=None):
         for _, d in sorted(found.items()):
             meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else None
             out.append(f"| {d.name} | {meta['parent']} | {score_text(meta['score'])} | {score_text(meta['parent_score'])} | "
-                       f"{meta['run']} iter{meta['iteration']} | {cell(line(meta['rationale'], 120))} |" if meta else
+                       f"{made_by(meta)} | {cell(line(meta['rationale'], 120))} |" if meta else
                        f"| {d.name} | - | - | - | hand-written | |")
         for state_path in sorted(Path(runs_dir).glob("*/state.json")):
             config_path = state_path.parent / "config.json"
