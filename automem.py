@@ -399,12 +399,14 @@ class Agent:
         turns, action, ended, gate = [], None, "limit", []
         consult = self.two_model and name == "plan"  # stage 1 of the split: the memory model consults first
         n_turns = self.limits[f"{name}_turns"]
-        budget = n_turns * (2 if consult else 1)
-        for turn in range(budget):
+        spent = 0  # calls after the consultation (all calls without one): at most n_turns
+        for turn in range(n_turns * (2 if consult else 1)):
+            if not consult and spent == n_turns:
+                break
+            spent += not consult
             use_memory = self.two_model and (name == "log" or consult)
             llm, adapter = (self.memory_llm, self.memory_adapter) if use_memory else (self.llm, None)
-            last = turn == budget - 1 or (consult and turn == n_turns - 1)
-            grammar = self.grammar(name, last=last and not consult) if self.scaffold["grammar"] else None
+            grammar = self.grammar(name, last=not consult and spent == n_turns) if self.scaffold["grammar"] else None
             reply, call = chat(llm, messages, adapter, self.limits["max_tokens"], self.call_seed(step, name, turn), grammar)
             call["model"] = "memory" if use_memory else "base"
             # store only what this call added; the system prompt is in the header, the observation in the step
@@ -425,7 +427,7 @@ class Agent:
                                 "matches": r.matches} for r in results]
             turns.append(call)
             shown = memory_fs.format_results(results) or "(no results)"
-            if consult and (stop is not None or not mine or turn == n_turns - 1):
+            if consult and (stop is not None or not mine):
                 consult = False  # the consultation is over: hand the same chat to the base model
                 if stop is not None:
                     call["dropped_action"] = stop
@@ -434,6 +436,8 @@ class Agent:
                 messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": (
                     self.texts["handoff_results"].format(results=shown) if results else self.texts["handoff"])}]
                 continue
+            if consult and turn == n_turns - 1:
+                consult = False  # its calls are spent: the base model takes the chat as it stands (results shown)
             if stop is not None and name == "plan":
                 reason = (self.hook("check_action", {"hooks": {}}, stop)  # the gate list records it
                           if len(gate) < self.limits["gate_retries"] else None)

@@ -366,3 +366,20 @@ def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
     with pytest.raises(ValueError, match="symbolic link"):
         agent.reset()
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]  # nothing deleted or written through the link
+
+
+def test_two_model_budgets_as_theirs(tmp_path, game):
+    """At most plan_turns consultation calls, then at most plan_turns base calls on the same chat; a consultation
+    that spends its calls hands over the chat as it stands (its last results shown, no hand-off text)."""
+    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold["limits"]["plan_turns"] = 3
+    reads = ["<|SEARCH|>strategy.txt|tree<|END|>"] * 3
+    agent, recs, _ = play(tmp_path, game, reads * 2, steps=1, scaffold=scaffold, memory_llm=llm.load("scripted", replies=reads))
+    turns = recs[0]["plan"]["turns"]
+    assert [t["model"] for t in turns] == ["memory"] * 3 + ["base"] * 3 and recs[0]["fallback"]
+    assert turns[3]["messages"][0]["content"] == scaffold["prompts"]["plan_continue"].format(
+        results=turns[2]["results"][0]["text"], file_index=agent.memory.index())
+    # a consultation that ends at once leaves the base model its plan_turns calls, no more
+    agent, recs, _ = play(tmp_path, game, reads * 2, steps=1, scaffold=scaffold,
+                          memory_llm=llm.load("scripted", replies=["no op here"]))
+    assert [t["model"] for t in recs[0]["plan"]["turns"]] == ["memory"] + ["base"] * 3
