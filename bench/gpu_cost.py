@@ -14,7 +14,7 @@ episodes in flight, through one of three paths, for a fixed window of wall-clock
 
 Replies: the llama.cpp paths run with --grammar on, so a random model still writes well-formed ops
 (1-4 ops of at most 200 characters, or one ACTION) and the grammar, not a cap, sets the reply
-length; transformers replies run to --tf-max-tokens. Tokenizer: Qwen2's, from llama.cpp's
+length; transformers replies run to --max-tokens. Tokenizer: Qwen2's, from llama.cpp's
 models/ggml-vocab-qwen2.gguf (151,936 tokens, padded to 152,064 rows; its ChatML template with the
 default system line), for both llama.cpp and transformers.
 
@@ -382,19 +382,19 @@ def run(args):
     if args.path == "inproc":
         cls = llm.LlamaCpp
         argv += ["--backend", "llamacpp", "--model", args.gguf, "--gpu-layers", "-1", "--n-ctx", str(args.ctx),
-                 "--grammar", "on", "--max-tokens", str(args.max_tokens)]
+                 "--grammar", args.grammar, "--max-tokens", str(args.max_tokens)]
         weights = sum(nbytes(*t[1:]) for t in q4km_tensors(shape))
     elif args.path == "server":
         cls = llm.OpenAI
         server, url, cmd = start_server(args, args.n)
         argv += ["--backend", "openai", "--base-url", f"{url}/v1", "--model", "qwen2.5-32b-shape",
-                 "--grammar", "on", "--max-tokens", str(args.max_tokens)]
+                 "--grammar", args.grammar, "--max-tokens", str(args.max_tokens)]
         weights = sum(nbytes(*t[1:]) for t in q4km_tensors(shape))
     else:
         cls = llm.Transformers
         llm.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab))
         argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape-bf16", "--grammar", "off",
-                 "--max-tokens", str(args.tf_max_tokens)]
+                 "--max-tokens", str(args.max_tokens)]
         weights = None  # counted from the model once loaded
     calls, errors = [], []
     t_start = time.time()
@@ -429,8 +429,7 @@ def run(args):
         "path": args.path, "n": args.n, "env": args.env, "scaffold": args.scaffold or f"scaffolds/{args.env}/v0",
         "two_model": bool(args.memory_model), "tiny": args.tiny,
         "limits": {"log_turns": args.log_turns, "plan_turns": args.plan_turns,
-                   "max_tokens": args.tf_max_tokens if args.path == "transformers" else args.max_tokens,
-                   "grammar": args.path != "transformers"},
+                   "max_tokens": args.max_tokens, "grammar": args.grammar == "on" and args.path != "transformers"},
         "load_seconds": round(t0 - t_start, 1), "window_seconds": round(window, 1),
         "steps": len(steps), "calls": len(calls), "episodes_started": len({id(h) for h, _ in steps}),
         "env_steps_per_s": len(steps) / window, "calls_per_s": len(calls) / window,
@@ -478,8 +477,9 @@ def main():
     r.add_argument("--ctx", type=int, default=12288, help="context per episode (llama.cpp)")
     r.add_argument("--log-turns", type=int, default=2)
     r.add_argument("--plan-turns", type=int, default=2)
-    r.add_argument("--max-tokens", type=int, default=512, help="llama.cpp paths: a cap the grammar stays under")
-    r.add_argument("--tf-max-tokens", type=int, default=128, help="transformers: reply length (no grammar)")
+    r.add_argument("--grammar", default="on", choices=["on", "off"], help="llama.cpp paths (transformers: off)")
+    r.add_argument("--max-tokens", type=int, default=128, help="new tokens per call: with the grammar a cap it "
+                   "stays under (use 512), without it the reply length (a random model rarely ends earlier)")
     r.add_argument("--tiny", action="store_true", help="the tiny model's shape (for the physical limit)")
     r.add_argument("--workdir", default=tempfile.gettempdir())
     r.add_argument("--out", required=True)
