@@ -512,9 +512,15 @@ def test_static_check_refuses_hostile_hooks(source, message):
 
 
 def test_static_check_allows_ordinary_hooks():
-    for hooks in ROOT.glob("scaffolds/*/v0/hooks.py"):
-        jail.check_source(hooks.read_text())
-    jail.check_source(FAITHFUL)
+    """Positive controls: the shipped v0 hooks and a faithful hooks.py pass; and the check did read each of them
+    to its end: the same text with one banned call appended is refused at that line."""
+    sources = [hooks.read_text() for hooks in sorted(ROOT.glob("scaffolds/*/v0/hooks.py"))] + [FAITHFUL]
+    assert len(sources) == 4
+    for source in sources:
+        source = source.rstrip("\n") + "\n"
+        assert jail.check_source(source) is None
+        with pytest.raises(ValueError, match=f"line {source.count(chr(10)) + 1}: name open"):
+            jail.check_source(source + "open('x')\n")
 
 
 def test_loop_2_runs_the_proposed_select_in_the_jail(tmp_path):
