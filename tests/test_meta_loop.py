@@ -119,6 +119,14 @@ def test_loop_accepts_the_improvement_and_rejects_the_rest(tmp_path, capsys):
     assert "| iter6 | - | v1 | 0.00 ± 0.00 | 4.55 ± 0.00 | rejected (score) | not better" in out
 
 
+def test_min_margin_is_part_of_the_acceptance_rule(tmp_path):
+    """Better by 4.55 points is not enough under --min-margin 5 (the rule: mean > incumbent's mean + margin)."""
+    _, state = loop(tmp_path, [proposal(TREE_HOOKS)], 1, extra=["--min-margin", "5"])
+    it, = state["iterations"]
+    assert (it["verdict"], it["stage"], it["score"]["mean"]) == ("rejected", "score", pytest.approx(100 / 22))
+    assert it["reason"] == "not better: 4.55 <= 0.00 (incumbent) + 5" and state["incumbent"]["version"] == "v0"
+
+
 def test_resume_after_an_interruption_between_candidate_and_evaluation(tmp_path):
     def interrupted_agent(messages):  # the candidate's evaluation is killed at its first hinted step
         if "HINT:" in messages[-1]["content"]:
