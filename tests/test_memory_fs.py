@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memory_fs import OPS, READ_OPS, WRITE_OPS, MemoryFS, Op, format_results, grammar, parse_ops  # noqa: E402
+from memory_fs import (OPS, READ_OPS, WRITE_OPS, MemoryFS, Op, format_results, grammar, parse_ops,  # noqa: E402
+                       valid_name)
 
 ALIASES = {"UPSERT_MAP": {"op": "UPSERT", "file": "dungeon_map.txt", "key": "({0}):"}}
 LOG = READ_OPS + WRITE_OPS + ("DONE", "UPSERT_MAP")
@@ -287,6 +288,60 @@ def test_search_keyword_keeps_its_pipes_and_star_is_a_setting(tmp_path):
     assert not star.ok and "bad file name" in star.text
     assert '"*"' not in grammar(["SEARCH"], files=["a.txt"], search_all=False)
     assert '"*"' in grammar(["SEARCH"], files=["a.txt"])
+
+
+def test_result_texts_and_flags(fs):
+    """What the model reads back after each write, word for word, and the flags the metrics count."""
+    texts = [r.text for r in run(fs, (
+        "<|CREATE|>g.txt|a\nb<|END|><|CREATE|>g.txt<|END|><|WRITE|>g.txt|x<|END|><|WRITE|>g.txt|x<|END|>"
+        "<|COUNT|>notes.txt<|END|><|COUNT|>notes.txt|TREE<|END|>"
+        "<|APPEND|>s.txt|hp: 1\nhp: 2\nhp: 3<|END|><|UPSERT|>s.txt|hp:|Full<|END|><|SEARCH|>s.txt|full<|END|>"))]
+    assert texts == ["[CREATE g.txt] created with 2 lines",
+                     "[CREATE g.txt] error: g.txt already exists; WRITE replaces it, APPEND adds to it",
+                     "[WRITE g.txt] wrote 1 line", "[WRITE g.txt] unchanged: the file already holds exactly this",
+                     "[COUNT notes.txt] 3 lines", "[COUNT notes.txt|TREE] 1 matching line",
+                     "[APPEND s.txt] appended 3 lines, now 3",
+                     "[UPSERT s.txt|hp:] replaced the line, dropped 2 duplicate lines",
+                     "[SEARCH s.txt|full] 1 match:\nhp: Full"]  # SEARCH ignores case, the file keeps it
+    assert fs.read("s.txt") == "hp: Full\n"
+    empty, other = run(fs, "<|CREATE|>g.txt<|END|><|CREATE|>g.txt|y<|END|>")
+    assert empty.redundant and not other.redundant  # a CREATE with no text asks for what is there
+
+
+def test_upsert_keys_and_texts(fs):
+    """A key ending in a non-word character matches whatever follows it; the stored line is one line."""
+    run(fs, "<|WRITE|>s.txt|hp:5\nhpx: 1<|END|>")
+    assert run(fs, "<|UPSERT|>s.txt|hp:|6<|END|>")[0].text.endswith("replaced the line")
+    assert fs.execute(Op("UPSERT", ["s.txt", "k", "two\nlines"], ""), OPS).ok  # as a hook may write it
+    assert fs.read("s.txt") == "hp: 6\nhpx: 1\nk two lines\n"
+    bad = fs.execute(Op("UPSERT", ["s.txt", "a\nb", "x"], ""), OPS)
+    assert not bad.ok and "the key must be one line" in bad.text and fs.read("s.txt").count("\n") == 3
+
+
+def test_limits_are_inclusive(tmp_path):
+    """A name of exactly the name limit and a file of exactly the size limit are allowed; one more is not."""
+    assert valid_name("a" * 64) and not valid_name("a" * 65)  # the default (scaffold file names)
+    fs = MemoryFS(tmp_path, {"b.txt": ""}, max_name_len=10, max_file_chars=100, max_files=2)
+    ok, long_name, full, over, third = run(fs, (
+        "<|CREATE|>abcdef.txt<|END|><|CREATE|>abcdefg.txt<|END|><|WRITE|>b.txt|" + "x" * 99 + "<|END|>"
+        "<|APPEND|>b.txt|y<|END|><|CREATE|>c.txt<|END|>"))
+    assert ok.ok and not long_name.ok and "at most 10 chars" in long_name.text
+    assert full.ok and fs.read("b.txt") == "x" * 99 + "\n" and not over.ok  # 100 characters with the newline
+    assert third.text == ("[CREATE c.txt] error: file limit reached (2 files); use an existing file: abcdef.txt, "
+                          "b.txt")
+
+
+def test_loading_a_directory_takes_plain_files_only(tmp_path):
+    """Existing files are read as text (bad UTF-8 replaced, not fatal); a link swapped in after the directory
+    scan is not followed (_load opens with O_NOFOLLOW)."""
+    (tmp_path / "outside.txt").write_text("SECRET\n")
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    (mem / "bytes.txt").write_bytes(b"ok \xff\xfe\n")
+    fs = MemoryFS(mem)
+    assert fs.read("bytes.txt") == "ok \ufffd\ufffd\n"
+    (mem / "late.txt").symlink_to(tmp_path / "outside.txt")
+    assert fs._load("late.txt") is None and fs._load("bytes.txt") == "ok \ufffd\ufffd\n"
 
 
 # ----------------------------------------------------------------------------- sandbox
