@@ -639,53 +639,73 @@ def compass(drow, dcol):
     return ("north" if drow < 0 else "south" if drow > 0 else "") + ("east" if dcol > 0 else "west" if dcol < 0 else "") or "here"
 
 
-def nle_map_analysis(text):
-    """The v0 MAP ANALYSIS of a MiniHack/NetHack observation text, following the authors' rules: the player's row is
-    the first line with '@' (3+ characters, under half letters); the map is the non-blank lines 15 above to 14 below
-    it that are under 55% letters (blank lines are skipped, so a blank row shifts north/south as in their code);
-    neighbours are classified by tile_kind. "" when no player row is found."""
+def read_nle_map(text):
+    """The map around '@' in a MiniHack/NetHack observation text, by the authors' v0 rules: the player's row is the
+    first line with '@' (3+ characters, under half letters); the map is the non-blank lines 15 above to 14 below it
+    that are under 55% letters (blank lines are skipped, so a blank row shifts north/south as in their code).
+    Returns {"around": {direction: character, or None off the map}, "far_stairs" / "far_doors": [(Chebyshev
+    distance, compass direction)] of the '>' / '+' more than 1 tile away, row by row}, or None without a player row."""
     lines = text.split("\n")
     me = next((i for i, line in enumerate(lines) if "@" in line and len(line.rstrip()) >= 3
                and letter_share(line.rstrip()) < 0.5), None)
     if me is None:
-        return ""
+        return None
     col = lines[me].find("@")
-    rows = [(i, lines[i].rstrip()) for i in range(max(0, me - 15), min(len(lines), me + 15))
+    kept = [(i, lines[i].rstrip()) for i in range(max(0, me - 15), min(len(lines), me + 15))
             if lines[i].rstrip() and (letter_share(lines[i].rstrip()) < 0.55 or i == me)]
-    at = next(j for j, (i, _) in enumerate(rows) if i == me)
-    found = {"stairs": [], "monsters": [], "doors": [], "danger": [], "move": [], "blocked": []}
+    at, rows = [i for i, _ in kept].index(me), [row for _, row in kept]
+    around = {}
     for name, (drow, dcol) in NEIGHBOURS.items():
         r, c = at + drow, col + dcol
-        if not (0 <= r < len(rows) and 0 <= c < len(rows[r][1])):
-            found["blocked"].append(f"{name} (off the map)")
-            continue
-        ch = rows[r][1][c]
-        kind = tile_kind(ch)
-        if kind.startswith("stairs"):
-            found["stairs"].append(f"{name}: '{ch}' {kind}" + (", step onto it!" if ch == ">" else ""))
-            found["move"].append(f"{name} ({kind} '{ch}')")
-        elif kind == "door":
+        around[name] = rows[r][c] if 0 <= r < len(rows) and 0 <= c < len(rows[r]) else None
+    far = {">": [], "+": []}
+    for j, row in enumerate(rows):
+        for c, ch in enumerate(row):
+            if ch in far and max(abs(j - at), abs(c - col)) > 1:
+                far[ch].append((max(abs(j - at), abs(c - col)), compass(j - at, c - col)))
+    return {"around": around, "far_stairs": far[">"], "far_doors": far["+"]}
+
+
+def map_analysis_text(facts, kind=tile_kind, doors_on_map=0):
+    """The MAP ANALYSIS text of read_nle_map's facts, each neighbour classified by `kind`: stairs, monsters and doors
+    next to you, up to 3 stairs in view, optionally up to `doors_on_map` doors farther away, danger, CAN MOVE and
+    BLOCKED (in the authors' order). "" for None."""
+    if facts is None:
+        return ""
+    found = {"stairs": [], "monsters": [], "doors": [], "danger": [], "move": [], "blocked": []}
+    for name, ch in facts["around"].items():
+        k = "off the map" if ch is None else kind(ch)
+        if k.startswith("stairs"):
+            found["stairs"].append(f"{name}: '{ch}' {k}" + (", step onto it!" if ch == ">" else ""))
+            found["move"].append(f"{name} ({k} '{ch}')")
+        elif k == "door":
             found["doors"].append(f"{name}: '+' closed door ('open' it)")
             found["move"].append(f"{name} (door '+')")
-        elif kind == "monster":
+        elif k == "monster":
             found["monsters"].append(f"{name}: '{ch}' (attack by moving into it)")
             found["move"].append(f"{name} (monster '{ch}')")
-        elif kind in ("passable", "item"):
+        elif k in ("passable", "item"):
             found["move"].append(f"{name} ('{ch}')")
-        elif kind == "danger":
+        elif k == "danger":
             found["danger"].append(f"{name}: '{ch}' dangerous")
         else:
-            found["blocked"].append(f"{name} ({kind} '{ch}')" if kind != "rock" else f"{name} (rock)")
-    far = [f"'>' about {max(abs(j - at), abs(c - col))} tiles {compass(j - at, c - col)}"
-           for j, (_, row) in enumerate(rows) for c, ch in enumerate(row)
-           if ch == ">" and max(abs(j - at), abs(c - col)) > 1][:3]
+            found["blocked"].append(f"{name} ({k})" if ch in (None, " ") else f"{name} ({k} '{ch}')")
+    far = lambda symbol, places, n: [f"'{symbol}' about {d} tiles {where}" for d, where in places[:n]]
     out = ["MAP ANALYSIS (computed from the map):"]
-    for label, key in (("STAIRS NEXT TO YOU", "stairs"), ("STAIRS IN VIEW", None), ("MONSTERS NEXT TO YOU", "monsters"),
-                       ("DOORS", "doors"), ("DANGER", "danger"), ("CAN MOVE", "move"), ("BLOCKED", "blocked")):
-        items = far if key is None else found[key]
+    for label, items, sep in (("STAIRS NEXT TO YOU", found["stairs"], "; "),
+                              ("STAIRS IN VIEW", far(">", facts["far_stairs"], 3), "; "),
+                              ("MONSTERS NEXT TO YOU", found["monsters"], "; "), ("DOORS", found["doors"], "; "),
+                              ("DOORS ON MAP", far("+", facts["far_doors"], doors_on_map), "; "),
+                              ("DANGER", found["danger"], "; "), ("CAN MOVE", found["move"], ", "),
+                              ("BLOCKED", found["blocked"], ", ")):
         if items:
-            out.append(f"{label}: " + ("; " if key in (None, "stairs", "monsters", "doors", "danger") else ", ").join(items))
+            out.append(f"{label}: " + sep.join(items))
     return "\n".join(out)
+
+
+def nle_map_analysis(text):
+    """The v0 MAP ANALYSIS of a MiniHack/NetHack observation text ("" when no player row is found)."""
+    return map_analysis_text(read_nle_map(text))
 
 
 TWO_STEP = {"close", "fight", "fire", "kick", "open", "zap",  # the game asks for a direction next

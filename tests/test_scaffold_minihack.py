@@ -74,8 +74,8 @@ def test_boxoban_overrides_files_instruction_and_fallback():
 
 def test_map_analysis_boxoban_bars_and_doors_on_map():
     rows = ("+ + + + +", "", "-----", "|.@#|", "|.+.|", "-----")
-    maze = hooks.map_analysis(hooks.read_map(observation(rows=rows), MAZE), MAZE).split("\n")
-    box = hooks.map_analysis(hooks.read_map(observation(rows=rows), BOXOBAN), BOXOBAN).split("\n")
+    maze = hooks.map_analysis(automem.read_nle_map(observation(rows=rows)), MAZE).split("\n")
+    box = hooks.map_analysis(automem.read_nle_map(observation(rows=rows)), BOXOBAN).split("\n")
     assert maze[0] == "MAP ANALYSIS (computed from the map):"
     assert "CAN MOVE: south (door '+'), east ('#'), west ('.'), southeast ('.'), southwest ('.')" in maze
     assert "CAN MOVE: south (door '+'), west ('.'), southeast ('.'), southwest ('.')" in box  # '#' = iron bars
@@ -83,13 +83,13 @@ def test_map_analysis_boxoban_bars_and_doors_on_map():
     assert "DOORS: south: '+' closed door ('open' it)" in maze  # the adjacent door is not "on map"
     assert ("DOORS ON MAP: '+' about 2 tiles northwest; '+' about 2 tiles north; '+' about 2 tiles northeast; "
             "'+' about 4 tiles northeast") in maze  # the first 4 of 5, row by row; the blank row is skipped
-    assert hooks.read_map("no map here", MAZE) is None and hooks.map_analysis(None, MAZE) == ""
-    stairs = hooks.map_analysis(hooks.read_map(observation(rows=("> > > >", "-------", "|.@.|")), MAZE), MAZE)
+    assert automem.read_nle_map("no map here") is None and hooks.map_analysis(None, MAZE) == ""
+    stairs = hooks.map_analysis(automem.read_nle_map(observation(rows=("> > > >", "-------", "|.@.|"))), MAZE)
     assert "STAIRS IN VIEW: '>' about 2 tiles northwest; '>' about 2 tiles north; '>' about 2 tiles northeast\n" in stairs
 
 
 def test_passable_directions_in_their_order_filtered_to_the_tasks_moves():
-    facts = hooks.read_map(observation(), MAZE)
+    facts = automem.read_nle_map(observation())
     assert hooks.passable_moves(facts, MAZE) == ["northeast", "northwest", "southeast", "southwest",
                                                  "north", "south", "east", "west"]
     assert hooks.passable_moves(facts, BOXOBAN) == ["north", "south", "east", "west"]
@@ -212,7 +212,7 @@ def test_mandatory_directive_is_hidden_during_game_prompts(tmp_path):
 
 def test_stairs_banner_goal_and_lava_barrier():
     def directive(rows):
-        facts = hooks.read_map(observation(rows=rows), MAZE)
+        facts = automem.read_nle_map(observation(rows=rows))
         return hooks.stairs_directive(facts, hooks.passable_moves(facts, MAZE))
     banner = directive(("-----", "|.@>|", "-----"))
     assert "STAIRS DOWN '>' ARE RIGHT NEXT TO YOU, EAST!" in banner and banner.endswith("<|ACTION|>east<|END|>")

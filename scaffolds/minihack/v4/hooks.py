@@ -5,7 +5,7 @@ before_plan (PLAN's slots, or the direction-only template during a game prompt),
 repair_action (v0's two-step repair, then go/move). Per-episode state lives in ctx.episode."""
 import re
 
-from automem import NEIGHBOURS, compass, letter_share, repair_two_step, tile_kind
+from automem import NEIGHBOURS, map_analysis_text, read_nle_map, repair_two_step, tile_kind
 
 CARDINAL = ("north", "south", "east", "west")
 PASSABLE_ORDER = ("northeast", "northwest", "southeast", "southwest", "north", "south", "east", "west")  # theirs
@@ -35,7 +35,7 @@ LEAST_VISITED_AT = 5   # ... and from which the least-visited neighbour is manda
 PRIORITY_SHOWN = 3     # unvisited directions named in the PRIORITY line
 LOOP_SPAN, LOOP_MAX = 6, 2                 # CRITICAL OSCILLATION: <= 2 distinct positions in the last 6
 STUCK_SPAN, STUCK_MAX, STUCK_MIN = 10, 3, 10  # STUCK: <= 3 distinct in the last 6 and in the last 10, after 10 steps
-FAR_STAIRS, FAR_DOORS = 3, 4               # distant '>' and '+' the map analysis lists
+FAR_DOORS = 4                              # distant '+' the map analysis lists (and 3 '>', as v0)
 LOG_TAIL = 5           # lines of actions_log.txt shown in PLAN
 ITEM_PROMPTS = tuple(f"What do you want to {verb}?" for verb in ("eat", "quaff", "wield", "wear", "read"))
 DIRECTION_PROMPT = "In what direction?"
@@ -60,65 +60,10 @@ def tile(ch, task):
     return "unknown" if ch == "#" and is_boxoban(task) else tile_kind(ch)
 
 
-def read_map(text, task):
-    """The map around '@' by the v0 rules (automem.nle_map_analysis): {"around": {direction: char or None (off
-    the map)}, "far_stairs"/"far_doors": [(Chebyshev distance, direction)] of '>'/'+' more than 1 tile away,
-    row by row}; None when no player row is found."""
-    lines = text.split("\n")
-    me = next((i for i, line in enumerate(lines) if "@" in line and len(line.rstrip()) >= 3
-               and letter_share(line.rstrip()) < 0.5), None)
-    if me is None:
-        return None
-    col = lines[me].find("@")
-    rows = [(i, lines[i].rstrip()) for i in range(max(0, me - 15), min(len(lines), me + 15))
-            if lines[i].rstrip() and (letter_share(lines[i].rstrip()) < 0.55 or i == me)]
-    at = [i for i, row in rows].index(me)
-    rows = [row for i, row in rows]
-    around = {}
-    for name, (drow, dcol) in NEIGHBOURS.items():
-        r, c = at + drow, col + dcol
-        around[name] = rows[r][c] if 0 <= r < len(rows) and 0 <= c < len(rows[r]) else None
-    far = {">": [], "+": []}
-    for j, row in enumerate(rows):
-        for c, ch in enumerate(row):
-            if ch in far and max(abs(j - at), abs(c - col)) > 1:
-                far[ch].append((max(abs(j - at), abs(c - col)), compass(j - at, c - col)))
-    return {"around": around, "far_stairs": far[">"], "far_doors": far["+"]}
-
-
 def map_analysis(facts, task):
-    """The MAP ANALYSIS text of read_map's facts: v0's lines plus DOORS ON MAP (up to 4 doors more than 1 tile away)."""
-    if facts is None:
-        return ""
-    found = {"stairs": [], "monsters": [], "doors": [], "danger": [], "move": [], "blocked": []}
-    for name, ch in facts["around"].items():
-        kind = tile(ch, task) if ch is not None else "off the map"
-        if kind.startswith("stairs"):
-            found["stairs"].append(f"{name}: '{ch}' {kind}" + (", step onto it!" if ch == ">" else ""))
-            found["move"].append(f"{name} ({kind} '{ch}')")
-        elif kind == "door":
-            found["doors"].append(f"{name}: '+' closed door ('open' it)")
-            found["move"].append(f"{name} (door '+')")
-        elif kind == "monster":
-            found["monsters"].append(f"{name}: '{ch}' (attack by moving into it)")
-            found["move"].append(f"{name} (monster '{ch}')")
-        elif kind in ("passable", "item"):
-            found["move"].append(f"{name} ('{ch}')")
-        elif kind == "danger":
-            found["danger"].append(f"{name}: '{ch}' dangerous")
-        else:
-            found["blocked"].append(f"{name} ({kind})" if ch in (None, " ") else f"{name} ({kind} '{ch}')")
-    far = lambda symbol, places, n: [f"'{symbol}' about {d} tiles {where}" for d, where in places[:n]]
-    out = ["MAP ANALYSIS (computed from the map):"]
-    for label, items, sep in (("STAIRS NEXT TO YOU", found["stairs"], "; "),
-                              ("STAIRS IN VIEW", far(">", facts["far_stairs"], FAR_STAIRS), "; "),
-                              ("MONSTERS NEXT TO YOU", found["monsters"], "; "), ("DOORS", found["doors"], "; "),
-                              ("DOORS ON MAP", far("+", facts["far_doors"], FAR_DOORS), "; "),
-                              ("DANGER", found["danger"], "; "), ("CAN MOVE", found["move"], ", "),
-                              ("BLOCKED", found["blocked"], ", ")):
-        if items:
-            out.append(f"{label}: " + sep.join(items))
-    return "\n".join(out)
+    """v0's MAP ANALYSIS of automem.read_nle_map's facts, with Boxoban's bars blocked and DOORS ON MAP (up to 4
+    doors more than 1 tile away)."""
+    return map_analysis_text(facts, kind=lambda ch: tile(ch, task), doors_on_map=FAR_DOORS)
 
 
 def passable_moves(facts, task):
@@ -415,7 +360,7 @@ def observe(ctx):
         track_position(state, text)
     if ctx.prev_executed is not None:
         state["actions"] = (state["actions"] + [ctx.prev_executed])[-HISTORY:]
-    facts = read_map(text, task)
+    facts = read_nle_map(text)
     passable = passable_moves(facts, task)
     mandatory = mandatory_direction(state, passable)  # computed during prompts too (it marks failed directives)
     state["plan"] = {
