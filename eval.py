@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -84,6 +85,9 @@ def parse_args(argv=None):
                    "replies are bit-identical only for the same thread count")
     p.add_argument("--seeds", default=str(ROOT / "seeds.txt"))
     p.add_argument("--workers", type=int, default=1, help="episodes in parallel (threads for servers, else processes)")
+    p.add_argument("--ray", metavar="ADDRESS", help="play the episodes as tasks on a Ray cluster, --workers at a time, "
+                   "their traces landing here: 'auto' (the cluster `ray start` runs, or RAY_ADDRESS), "
+                   "ray://head:10001, or 'local' (a cluster of this machine)")
     p.add_argument("--run-name", help="runs/<run-name> (default: derived from env, agent, scaffold, model)")
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     p.add_argument("--boxoban-dir", help="Boxoban levels (or AUTOMEM_BOXOBAN_DIR); without it the 2 Boxoban tasks are skipped")
@@ -528,6 +532,60 @@ def outcomes(config, run_dir, todo, server):
         pool.shutdown(cancel_futures=True)  # waits for the running ones
 
 
+def cluster_outcomes(config, run_dir, todo, address):
+    """outcomes() on a Ray cluster: --workers episodes in flight as Ray tasks, each played in a scratch run folder on
+    the node that runs it; its trace comes back through Ray and lands in this run folder under its final name when
+    the episode ends (half-done: as .part, which resume discards), so resume, results and reports are as for a
+    local run. The kit's modules, scaffolds and data travel to the nodes (Ray's working_dir); nodes need its packages."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs Ray on this machine and the cluster's: pip install 'ray>=2.40'") from None
+    outside = [s["path"] for s in config["scaffolds"].values() if s["path"].startswith("..")]
+    if outside:
+        raise ValueError(f"--ray sends the kit's folder to the cluster, and scaffold {outside[0]} is outside it: "
+                         f"copy it under scaffolds/")
+    # what a node needs to play an episode: the kit's modules, scaffolds and data (.gitignore'd files stay here too)
+    excludes = [f"/{p.name}" for p in ROOT.iterdir() if p.suffix != ".py" and p.name not in ("scaffolds", "data")]
+    ray.init(address=None if address == "local" else address, log_to_driver=False,
+             runtime_env={"working_dir": str(ROOT), "excludes": excludes})
+    return cluster_results(ray, config, run_dir, todo)
+
+
+def cluster_results(ray, config, run_dir, todo):
+    """cluster_outcomes' generator: keeps --workers tasks in flight, writes each returned trace, yields (job, end)."""
+    play, queue, running = ray.remote(cluster_episode), list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < config["workers"]:
+                job = queue.pop(0)
+                running[play.remote(config, job)] = job
+            [ref], _ = ray.wait(list(running))
+            job = running.pop(ref)
+            end, name, text = ray.get(ref)
+            if text is not None:
+                path = trace_path(run_dir, job).with_name(name)
+                confined(run_dir, path.with_suffix(".tmp")).write_text(text)
+                path.with_suffix(".tmp").replace(path)  # whole or not at all
+            yield job, end
+    finally:
+        for ref in running:  # closing the generator: the queued ones never start, the running ones stop
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+
+
+def cluster_episode(config, job):
+    """A Ray task: one episode in a scratch run folder; returns (end record or the error that stopped it,
+    the trace's file name (finished or .part), its text)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        for folder in ("traces", "memory"):
+            (Path(scratch) / folder / job["env"]).mkdir(parents=True)
+        end = attempt(run_job, config, Path(scratch), job)
+        trace = trace_path(scratch, job)
+        trace = trace if trace.is_file() else trace.with_suffix(".part")
+        return end, trace.name, trace.read_text() if trace.is_file() else None
+
+
 SLOT = threading.local()  # line: this worker's line under the run's bar, where its episodes' steps show
 
 
@@ -586,12 +644,15 @@ def run(args, config, run_dir):
               f"so --workers {replicas} or more keeps them all busy")
     if todo:
         try:
-            load_models(config) if (config["workers"] == 1 or server) else None
+            load_models(config) if (config["workers"] == 1 or server) and not args.ray else None
         except (ValueError, FileNotFoundError, llm.BackendError) as e:
             fail(e)
     bar = tqdm(total=len(todo), unit="episode", disable=not todo)
     failed, fatal = [], None
-    episodes = outcomes(config, run_dir, todo, server)
+    try:
+        episodes = cluster_outcomes(config, run_dir, todo, args.ray) if args.ray else outcomes(config, run_dir, todo, server)
+    except (ValueError, ConnectionError) as e:  # no Ray, a scaffold outside the kit, no cluster at that address
+        fail(e)
     for job, end in episodes:
         bar.update()
         if isinstance(end, llm.BackendError):  # recorded; the episode re-runs on resume

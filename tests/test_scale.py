@@ -162,6 +162,43 @@ def test_eval_spreads_episodes_over_replicas(tmp_path):
     assert stubs[0].requests == stubs[1].requests and stubs[0].requests["stub"] > 0
 
 
+# -- past one machine: a local Ray cluster ---------------------------------------------------------
+
+def records(run_dir, job):
+    """A trace's records without what differs between two plays of one episode (times, the run's name)."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in ("seconds", "agent_seconds", "run")}
+        return [clean(v) for v in x] if isinstance(x, list) else x
+    return [clean(json.loads(line)) for line in evaluation.trace_path(run_dir, job).read_text().splitlines()]
+
+
+def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
+    stub = Stub("Noop")  # the same replies wherever a call comes from
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    argv = ["--env", "crafter", "--backend", "openai", "--model", "stub", "--base-url", stub.url, "--episodes", "3",
+            "--max-steps", "3", "--workers", "2", "--runs-dir", str(tmp_path), "--no-replay"]
+    try:
+        evaluation.WORKER.clear()
+        evaluation.main(argv + ["--run-name", "here"])
+        calls = stub.requests["stub"]
+        evaluation.main(argv + ["--run-name", "cluster", "--ray", "local"])
+        assert stub.requests["stub"] == 2 * calls  # every call of the cluster's episodes reached the server
+        jobs = json.loads((tmp_path / "here" / "config.json").read_text())["jobs"]
+        assert all(records(tmp_path / "here", j) == records(tmp_path / "cluster", j) for j in jobs)
+        here, cluster = (json.loads((tmp_path / r / "results.json").read_text())["envs"]["crafter"] for r in ("here", "cluster"))
+        assert cluster["per_episode"] == here["per_episode"] and cluster["progression"] == here["progression"]
+        # resume on the cluster: the finished episodes are kept, a lost one plays again and lands in the run folder
+        evaluation.trace_path(tmp_path / "cluster", jobs[1]).unlink()
+        evaluation.main(argv + ["--run-name", "cluster", "--ray", "local"])
+        assert stub.requests["stub"] == 2 * calls + calls // len(jobs) and calls % len(jobs) == 0
+        assert records(tmp_path / "here", jobs[1]) == records(tmp_path / "cluster", jobs[1])
+        assert not list((tmp_path / "cluster" / "traces" / "crafter").glob("*.tmp"))
+    finally:
+        stub.shutdown()
+        stub.server_close()
+
+
 # -- BALROG's summary.json ---------------------------------------------------------------------
 
 def test_balrog_summary_numbers_and_keys():
