@@ -152,32 +152,69 @@ def row_order(row):
     return (1, agent, False, version_key(row["label"]), row["model"])
 
 
+def shard_key(config, env):
+    """What two runs must share to be parts of one evaluation of an env: scaffold (hash), model, sampling, limits
+    and texts. Their names, jobs, workers and servers may differ."""
+    backend = {k: v for k, v in config["backend"].items() if k not in ("base_url", "n_threads")}
+    return json.dumps([config["scaffolds"][env].get("hash"), backend, config.get("limits"), config.get("text"),
+                       config.get("context"), config.get("max_steps"), config.get("memory_model"),
+                       config.get("memory_adapter")], sort_keys=True)
+
+
+def shards(part, run, env):
+    """Did `part` (a run in a row) and `run` each play other episodes of one evaluation of env (e.g. a run per task)?"""
+    mine, theirs = (r["results"]["envs"][env].get("per_episode") for r in (part, run))
+    return (mine is not None and theirs is not None and shard_key(part["config"], env) == shard_key(run["config"], env)
+            and not {(e["task"], e["seed"]) for e in mine} & {(e["task"], e["seed"]) for e in theirs})
+
+
+def pooled(parts, env):
+    """(cell, MiniHack tasks, behaviour) of one env over runs that each played part of its episodes: progression
+    from their per-episode numbers, behaviour from their traces."""
+    episodes = [e for run in parts for e in run["results"]["envs"][env]["per_episode"]]
+    tasks = {}
+    for e in episodes:
+        tasks.setdefault(e["task"], []).append(e["progression"])
+    paths = [evaluation.trace_path(run["dir"], job) for run in parts for job in run["config"]["jobs"] if job["env"] == env]
+    cell = {**metrics.progression_stats([e["progression"] for e in episodes]),
+            "expected": sum(run["results"]["envs"][env]["expected_episodes"] for run in parts)}
+    return (cell, {t: metrics.progression_stats(v) for t, v in tasks.items()},
+            metrics.behaviour([automem.read_trace(path) for path in paths if path.is_file()]))
+
+
 def table_rows(runs, paper=False):
-    """Rows of the table: one per (agent label, model); a run whose envs are already filled in
-    the matching row (a re-run) gets its own row, named with the run."""
+    """Rows of the table: one per (agent label, model). Runs that played different episodes of one evaluation
+    (shards: the same scaffold, model and settings, e.g. a run per MiniHack task) share a row, their episodes
+    pooled; a run whose episodes the matching row already holds (a re-run) gets its own row, named with the run."""
     rows = []
     if paper:
         rows += [{"label": label, "model": PAPER_MODEL, "paper": True, "runs": [], "tasks": {}, "behaviour": {},
                   "cells": {env: {"mean": m, "se": se, "n": None, "expected": None} for env, (m, se) in cells.items()},
-                  "paper_rows": [label]} for label, cells in PAPER.items()]
+                  "paper_rows": [label], "parts": {}} for label, cells in PAPER.items()]
     for run in runs:
         config, results = run["config"], run["results"]
         label, model = agent_label(config), model_label(config)
         row = next((r for r in rows if (r["label"], r["model"]) == (label, model) and not r["paper"]
-                    and not set(r["cells"]) & set(results["envs"])), None)
+                    and all(shards(part, run, env) for env in set(r["cells"]) & set(results["envs"])
+                            for part in r["parts"][env])), None)
         if row is None:
             taken = any((r["label"], r["model"]) == (label, model) for r in rows)
             row = {"label": label + (f" [{results['run']}]" if taken else ""), "model": model, "paper": False,
-                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}, "paper_rows": []}
+                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}, "paper_rows": [], "parts": {}}
             rows.append(row)
         row["runs"].append(results["run"])
         row["paper_rows"] = sorted(set(row["paper_rows"]) | {paper_row(config, env) for env in results["envs"]} - {None},
                                    key=list(PAPER).index)
         for env, r in results["envs"].items():
-            row["cells"][env] = {**r["progression"], "expected": r["expected_episodes"]}
-            row["behaviour"][env] = r["behaviour"]
+            parts = row["parts"].setdefault(env, []) + [run]
+            row["parts"][env] = parts
+            if len(parts) > 1:
+                row["cells"][env], tasks, row["behaviour"][env] = pooled(parts, env)
+            else:
+                row["cells"][env], tasks, row["behaviour"][env] = ({**r["progression"], "expected": r["expected_episodes"]},
+                                                                   r["tasks"], r["behaviour"])
             if env == "minihack":
-                row["tasks"] = r["tasks"]
+                row["tasks"] = tasks
     return sorted(rows, key=row_order)
 
 

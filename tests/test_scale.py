@@ -199,6 +199,20 @@ def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
         stub.server_close()
 
 
+def test_shards_of_a_run_make_one_table_row_equal_to_the_whole_run(tmp_path):
+    tasks = ["MiniHack-MazeWalk-9x9-v0", "MiniHack-Corridor-R3-v0"]
+    whole = run(tmp_path, *[a for t in tasks for a in ("--task", t)], env="minihack", name="whole")
+    shards = [run(tmp_path, "--task", t, env="minihack", name=f"shard-{i}") for i, t in enumerate(tasks)]
+    rows = report.table_rows(report.load_runs(shards + [whole]))
+    assert [r["runs"] for r in rows] == [["shard-0", "shard-1"], ["whole"]]  # the whole run repeats their episodes
+    merged, alone = rows
+    assert merged["cells"]["minihack"] == alone["cells"]["minihack"] and merged["cells"]["minihack"]["n"] == 4
+    untimed = [{k: v for k, v in r["behaviour"]["minihack"].items() if k != "seconds_per_step"} for r in rows]
+    assert merged["tasks"] == alone["tasks"] and untimed[0] == untimed[1]  # behaviour pooled from both shards' traces
+    other = run(tmp_path, "--task", tasks[0], "--temperature", "0.5", env="minihack", name="other")
+    assert len(report.table_rows(report.load_runs([shards[1], other]))) == 2  # other settings: not a shard
+
+
 # -- BALROG's summary.json ---------------------------------------------------------------------
 
 def test_balrog_summary_numbers_and_keys():
