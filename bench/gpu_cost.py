@@ -450,6 +450,51 @@ def run(args):
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
+# ----------------------------------------------------------------------------- the cost table
+
+PROTOCOL_STEPS = {"crafter": 10 * 2000, "minihack": 8 * 5 * 100, "nethack": 5 * 1000}  # upper bounds; NetHack
+# episodes have no fixed length (they end after 150 steps without progress): 1,000 steps each is an assumption
+ROWS = {"v0": "v0", "converged": "converged", "twomodel": "two-model"}
+PATHS = [("server", 32), ("server", 8), ("server", 1), ("transformers", 1)]
+
+
+def token_costs(runs):
+    """Seconds per uncached prompt token (a, one value: prefill) and per generated token (b, per path and N),
+    from the grammar-off runs: a and b of server N=32 solve its two runs (Crafter, NetHack: different mixes);
+    every other run gives its b from its window, tokens and that a."""
+    mix = lambda d: (d["uncached_prompt_tok_s"] * d["window_seconds"], d["generated_tok_s"] * d["window_seconds"])
+    pair = [d for d in runs if (d["path"], d["n"]) == ("server", 32)]
+    if len(pair) < 2:
+        sys.exit("error: the table needs two server N=32 runs on different envs (grammar off)")
+    a, b32 = np.linalg.solve(np.array([mix(d) for d in pair[:2]]), np.array([d["window_seconds"] for d in pair[:2]]))
+    costs = {("server", 32): b32}
+    for d in runs:
+        if (d["path"], d["n"]) not in costs:
+            prompt, generated = mix(d)
+            costs[(d["path"], d["n"])] = (d["window_seconds"] - a * prompt) / generated
+    return a, costs
+
+
+def table(args):
+    """The README's cost table from the device runs (grammar off) and the per-step tokens of each row."""
+    runs = [json.loads(Path(f).read_text()) for f in args.runs]
+    runs = [d for d in runs if d.get("window_seconds") and not d["limits"]["grammar"]]
+    a, b = token_costs(runs)
+    print(f"prefill {1e3 * a:.2f} ms/token (~{1 / a:,.0f} tok/s); per generated token: " +
+          ", ".join(f"{p} N={n} {1e3 * b[(p, n)]:.1f} ms (~{1 / b[(p, n)]:,.0f} tok/s)" for p, n in PATHS if (p, n) in b))
+    print("\n| env | row | calls/step | prompt tok/step (cached) | generated tok/step | steps | " +
+          " | ".join(f"{p} N={n}" for p, n in PATHS if (p, n) in b) + " |")
+    print("| --- " * (6 + sum((p, n) in b for p, n in PATHS)) + "|")
+    for f in args.tokens:
+        d = json.loads(Path(f).read_text())
+        env, row = Path(f).stem.split("_")[-2:]
+        step = d["per_step"]
+        uncached = step["prompt_tokens"] * (1 - d["cache_share"])
+        hours = [PROTOCOL_STEPS[env] * (a * uncached + b[(p, n)] * step["completion_tokens"]) / 3600
+                 for p, n in PATHS if (p, n) in b]
+        print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "
+              f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | " + " | ".join(f"{h:,.1f}" for h in hours) + " |")
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -483,8 +528,11 @@ def main():
     r.add_argument("--tiny", action="store_true", help="the tiny model's shape (for the physical limit)")
     r.add_argument("--workdir", default=tempfile.gettempdir())
     r.add_argument("--out", required=True)
+    t = sub.add_parser("table", help="GPU-hours of the protocol per env, row and path (markdown)")
+    t.add_argument("--runs", nargs="+", required=True, help="device run JSONs (grammar off)")
+    t.add_argument("--tokens", nargs="+", required=True, help="per-step token JSONs named ..._<env>_<row>.json")
     args = p.parse_args()
-    {"build": build, "gguf": write_gguf, "run": run, "bandwidth": bandwidth}[args.cmd](args)
+    {"build": build, "gguf": write_gguf, "run": run, "bandwidth": bandwidth, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
