@@ -12,24 +12,37 @@ episodes in flight, through one of three paths, for a fixed window of wall-clock
   transformers  our transformers backend in bf16 (the device has no bitsandbytes, so no 4-bit);
                 one call at a time (N = 1); it has no grammar sampler, so --grammar off
 
-Replies: the llama.cpp paths run with --grammar on, so a random model still writes well-formed ops
-(1-4 ops of at most 200 characters, or one ACTION) and the grammar, not a cap, sets the reply
-length; transformers replies run to --max-tokens. Tokenizer: Qwen2's, from llama.cpp's
-models/ggml-vocab-qwen2.gguf (151,936 tokens, padded to 152,064 rows; its ChatML template with the
-default system line), for both llama.cpp and transformers.
+Replies: --grammar off and --max-tokens 128 (a random model rarely ends a reply earlier) for the
+speed numbers. With --grammar on a random model still writes well-formed ops, but llama.cpp then
+filters the whole vocabulary on the CPU for nearly every token (its free sample fails the grammar
+check), which caps llama-server near 35 generated tok/s whatever N: a cost of random weights, not of
+a model that writes the syntax. Tokenizer: Qwen2's, from llama.cpp's models/ggml-vocab-qwen2.gguf
+(151,936 tokens, padded to 152,064 rows; its ChatML template with the default system line), for
+llama.cpp and transformers alike.
 
 Reported per run (JSON): env steps/s, LLM calls/s, prompt and generated tokens/s, the share of
 prompt tokens served from a cache, peak GPU memory, per-step tokens from the traces, and the
-physical limit: weights bytes / measured HBM bandwidth per decode step at batch 1 and at N.
+physical limit: weights bytes (+ KV cache) / measured HBM bandwidth per decode step at batch 1 and N.
+`table` turns the runs into the README's GPU-hours (prefill and per-token decode costs x the tokens
+per step of each row x the protocol's steps).
 
-On the GPU machine (.gpu/lcp.tgz: llama-cpp-python 0.3.36's sdist trimmed as the README says):
-    python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp      # llama-server + libllama, sm_90: ~4 min
+The device has no network: carry llama-cpp-python 0.3.36's sdist unpacked as lcp/ and trimmed to
+~8 MB (drop .git, docs, examples, tests, docker; in vendor/llama.cpp drop docs, benches, tests,
+examples, pocs, media, tools/server/tests, tools/ui/{src,static,tests,*.json}, every ggml/src/ggml-*
+backend but cpu and cuda, and every models/ file but ggml-vocab-qwen2.gguf), plus wheels for what
+the image lacks (openai and its pydantic, the envs: balrog-nle built for cp312, gym 0.23, crafter,
+minihack, setuptools 80.9 for pkg_resources). On the GPU machine:
+    python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp      # llama-server + libllama, sm_90: 301 s
     python bench/gpu_cost.py gguf --out /tmp/q4km.gguf --vocab /tmp/lcp/lcp/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
-    python bench/gpu_cost.py run --path server --n 32 --env crafter --seconds 120 --out $OUT/server_32.json
+    python bench/gpu_cost.py run --path server --n 32 --env crafter --grammar off --seconds 60 --out server_32_crafter.json
+    python bench/gpu_cost.py run --path transformers --env crafter --seconds 40 --out tf_1_crafter.json
 On a CPU machine, the same loop with a tiny model of the same tokenizer (token counts, no speed):
     python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp --cpu
     python bench/gpu_cost.py gguf --out /tmp/tiny.gguf --tiny --vocab ...
-    python bench/gpu_cost.py run --path inproc --gguf /tmp/tiny.gguf --env minihack --seconds 60 --out tiny.json
+    python bench/gpu_cost.py run --path inproc --gguf /tmp/tiny.gguf --tiny --env minihack --grammar on \
+        --max-tokens 512 --seconds 90 --out tokens_cpu_minihack_v0.json     # + --scaffold .../v4 [--memory-model]
+    python bench/gpu_cost.py table --runs bench/device/server_*.json bench/device/tf_1_crafter.json \
+        --tokens bench/device/tokens_cpu_*.json
 """
 import argparse
 import faulthandler

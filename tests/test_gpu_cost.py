@@ -1,0 +1,40 @@
+"""bench/gpu_cost.py on CPU: the random Q4_K_M file has the real file's size and sane weights, and the cost
+table's per-token costs come back from the runs they were measured in."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import gpu_cost  # noqa: E402
+
+
+def test_q4km_mix_has_the_size_of_qwen25_32b_q4_k_m():
+    shape = {**gpu_cost.QWEN25_32B, "vocab_size": 152064}
+    tensors = gpu_cost.q4km_tensors(shape)
+    assert sum(gpu_cost.nbytes(*t[1:]) for t in tensors) == 19_845_357_568  # llama.cpp's file: 19.85 GB
+    q6 = [name for name, kind, _, _ in tensors if kind == gpu_cost.Q6_K]
+    assert "output.weight" in q6 and "blk.0.attn_v.weight" in q6 and "blk.9.attn_v.weight" not in q6
+    assert len(q6) == 1 + 2 * 32  # output, and attn_v + ffn_down of 32 of the 64 layers (first 8, last 8, every 3rd)
+
+
+@pytest.mark.parametrize("kind", [gpu_cost.Q4_K, gpu_cost.Q6_K])
+def test_random_blocks_are_zero_mean_with_std_002(kind):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    pool = gpu_cost.block_pool(kind, 2048, np.random.default_rng(1)).reshape(-1, gpu_cost.BLOCK[kind])
+    w = dequantize(pool, GGMLQuantizationType(kind)).ravel()
+    assert abs(w.mean()) < 0.001 and 0.018 < w.std() < 0.022
+
+
+def test_token_costs_recover_prefill_and_decode_costs():
+    a, b = 0.0004, {("server", 32): 0.0035, ("server", 1): 0.016}
+
+    def run(path, n, prompt, generated):  # a run whose window is exactly what the costs say
+        window = a * prompt + b[(path, n)] * generated
+        return {"path": path, "n": n, "window_seconds": window, "uncached_prompt_tok_s": prompt / window,
+                "generated_tok_s": generated / window}
+    runs = [run("server", 32, 75_000, 11_000), run("server", 32, 86_000, 6_000), run("server", 1, 11_000, 2_000)]
+    got_a, got_b = gpu_cost.token_costs(runs)
+    assert got_a == pytest.approx(a) and got_b == pytest.approx(b)
