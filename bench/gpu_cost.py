@@ -5,7 +5,8 @@ their values) plays the real agent loop (eval.py: automem + envs + scaffolds/<en
 episodes in flight, through one of three paths, for a fixed window of wall-clock time:
 
   inproc        llama.cpp with CUDA in this process: our llamacpp backend on a Q4_K_M GGUF, every
-                layer on the GPU; one call at a time (N = 1)
+                layer on the GPU; one call at a time (N = 1). On the H200 it crashed (SIGSEGV) while
+                loading the 32B file, twice, with stderr silenced by llama-cpp-python: not measured
   server        llama.cpp's own llama-server (N parallel slots, continuous batching, a prompt cache
                 per slot) driven by our openai backend with --workers N. (llama-cpp-python's
                 `python -m llama_cpp.server` takes one request at a time behind a lock: no slots.)
@@ -33,8 +34,9 @@ backend but cpu and cuda, and every models/ file but ggml-vocab-qwen2.gguf), plu
 the image lacks (openai and its pydantic, the envs: balrog-nle built for cp312, gym 0.23, crafter,
 minihack, setuptools 80.9 for pkg_resources). On the GPU machine:
     python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp      # llama-server + libllama, sm_90: 301 s
-    python bench/gpu_cost.py gguf --out /tmp/q4km.gguf --vocab /tmp/lcp/lcp/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
-    python bench/gpu_cost.py run --path server --n 32 --env crafter --grammar off --seconds 60 --out server_32_crafter.json
+    python bench/gpu_cost.py gguf --out /tmp/q4km.gguf \
+        --vocab /tmp/lcp/lcp/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
+    python bench/gpu_cost.py run --path server --n 32 --env crafter --grammar off --seconds 60 --out s32.json
     python bench/gpu_cost.py run --path transformers --env crafter --seconds 40 --out tf_1_crafter.json
 On a CPU machine, the same loop with a tiny model of the same tokenizer (token counts, no speed):
     python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp --cpu
@@ -373,6 +375,7 @@ def run(args):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # `timeout`: stop the server, report
     os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir(args.prefix))
     sys.path.insert(0, str(Path(args.prefix) / "lcp"))  # llama-cpp-python's package, from the sdist
+    import automem
     import envs
     import eval as evaluation
     import llm
@@ -434,7 +437,6 @@ def run(args):
     window = t1 - t0
     prompt, completion = sum(c["prompt"] for c in calls), sum(c["completion"] for c in calls)
     cached = sum(c["cached"] for c in calls)
-    import automem
     step_calls = [[t for _, t, _ in automem.model_calls(h, s)] for h, s in steps]
     per_step = lambda key: sum(t[key] for turns in step_calls for t in turns) / max(len(steps), 1)
     context = prompt / max(len(calls), 1) + completion / max(len(calls), 1) / 2
@@ -494,7 +496,8 @@ def table(args):
     runs = [d for d in runs if d.get("window_seconds") and not d["limits"]["grammar"]]
     a, b = token_costs(runs)
     print(f"prefill {1e3 * a:.2f} ms/token (~{1 / a:,.0f} tok/s); per generated token: " +
-          ", ".join(f"{p} N={n} {1e3 * b[(p, n)]:.1f} ms (~{1 / b[(p, n)]:,.0f} tok/s)" for p, n in PATHS if (p, n) in b))
+          ", ".join(f"{p} N={n} {1e3 * b[(p, n)]:.1f} ms (~{1 / b[(p, n)]:,.0f} tok/s)"
+                    for p, n in PATHS if (p, n) in b))
     print("\n| env | row | calls/step | prompt tok/step (cached) | generated tok/step | steps | " +
           " | ".join(f"{p} N={n}" for p, n in PATHS if (p, n) in b) + " |")
     print("| --- " * (6 + sum((p, n) in b for p, n in PATHS)) + "|")
@@ -506,7 +509,8 @@ def table(args):
         hours = [PROTOCOL_STEPS[env] * (a * uncached + b[(p, n)] * step["completion_tokens"]) / 3600
                  for p, n in PATHS if (p, n) in b]
         print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "
-              f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | " + " | ".join(f"{h:,.1f}" for h in hours) + " |")
+              f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | "
+              + " | ".join(f"{h:,.1f}" for h in hours) + " |")
 
 
 def main():
