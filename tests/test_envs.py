@@ -91,6 +91,34 @@ def test_crafter_invalid_action_feedback_and_limit():
         game.step("Noop")
 
 
+def test_crafter_step_reports_progression_achievements_and_end(monkeypatch):
+    """What step() reports for Crafter: unlocked achievements (count > 0) over 22, their names, and why it ended."""
+    game = envs.make("crafter")
+    now = {"achievements": {}, "health": None, "done": False}  # what the next step reports, replaced at the boundary
+
+    def reset(seed):  # each episode builds its own crafter.Env: patch its step
+        game.reset(seed)
+        real_step = game._crafter.step
+
+        def step(action):
+            obs, reward, done, info = real_step(action)
+            info["achievements"] = {**{k: 0 for k in info["achievements"]}, **now["achievements"]}
+            if now["health"] is not None:
+                game._crafter._player.health = now["health"]
+            return obs, reward, now["done"], info
+        monkeypatch.setattr(game._crafter, "step", step)
+    reset(42)
+    now["achievements"] = {"collect_wood": 2, "place_table": 1}
+    info = game.step("Noop")[3]
+    assert (info["progression"], info["achievements"]) == (2 / 22, ["collect_wood", "place_table"])
+    assert (info["success"], info["success_balrog"], info["end_reason"]) == (None, None, None)
+    now.update(health=1, done=True)  # alive at 1 health: the game ended by its length
+    assert game.step("Noop")[3]["end_reason"] == "length"
+    reset(42)
+    now.update(health=0, done=True)
+    assert game.step("Noop")[3]["end_reason"] == "death"
+
+
 def test_crafter_progression():
     names = crafter.constants.achievements
     assert len(names) == 22
@@ -277,6 +305,8 @@ def test_nethack_step_reports_the_running_maximum(monkeypatch):
         reported.append(game.step("search")[3]["progression"])
     assert table["Dlvl:2"] < table["Dlvl:3"] < table["Xp:2"]
     assert reported == [table["Dlvl:3"], table["Dlvl:3"], table["Xp:2"], table["Xp:2"]]
+    info = game.step("search")[3]
+    assert (info["success"], info["success_balrog"]) == (None, None)  # NetHack has no success
     game.reset(42)
     now.update(depth=1, xp=1)
     assert game.step("search")[3]["progression"] == 0.0
