@@ -554,7 +554,8 @@ def cluster_outcomes(config, run_dir, todo, address):
 
 def cluster_results(ray, config, run_dir, todo):
     """cluster_outcomes' generator: keeps --workers tasks in flight, writes each returned trace, yields (job, end)."""
-    play, queue, running = ray.remote(cluster_episode), list(todo), {}
+    import eval as kit  # run as a script, this module is __main__: Ray must send the importable name to the nodes
+    play, queue, running = ray.remote(kit.cluster_episode), list(todo), {}
     try:
         while queue or running:
             while queue and len(running) < config["workers"]:

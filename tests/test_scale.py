@@ -6,6 +6,8 @@ import json
 import math
 import re
 import shlex
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -188,9 +190,11 @@ def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
         assert all(records(tmp_path / "here", j) == records(tmp_path / "cluster", j) for j in jobs)
         here, cluster = (json.loads((tmp_path / r / "results.json").read_text())["envs"]["crafter"] for r in ("here", "cluster"))
         assert cluster["per_episode"] == here["per_episode"] and cluster["progression"] == here["progression"]
-        # resume on the cluster: the finished episodes are kept, a lost one plays again and lands in the run folder
+        # resume on the cluster, run as the README's command: the finished episodes are kept, a lost one plays
+        # again and lands in the run folder
         evaluation.trace_path(tmp_path / "cluster", jobs[1]).unlink()
-        evaluation.main(argv + ["--run-name", "cluster", "--ray", "local"])
+        subprocess.run([sys.executable, str(ROOT / "eval.py"), *argv, "--run-name", "cluster", "--ray", "local"],
+                       check=True, capture_output=True, cwd=tmp_path)
         assert stub.requests["stub"] == 2 * calls + calls // len(jobs) and calls % len(jobs) == 0
         assert records(tmp_path / "here", jobs[1]) == records(tmp_path / "cluster", jobs[1])
         assert not list((tmp_path / "cluster" / "traces" / "crafter").glob("*.tmp"))
