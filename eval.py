@@ -540,7 +540,8 @@ def cluster_outcomes(config, run_dir, todo, address):
     try:
         import ray
     except ImportError:
-        raise ValueError("--ray needs Ray on this machine and the cluster's: pip install 'ray>=2.40'") from None
+        raise ValueError("--ray needs Ray here and on the cluster's nodes: pip install -r requirements.txt "
+                         "(it pins ray)") from None
     outside = [s["path"] for s in config["scaffolds"].values() if s["path"].startswith("..")]
     if outside:
         raise ValueError(f"--ray sends the kit's folder to the cluster, and scaffold {outside[0]} is outside it: "
