@@ -537,6 +537,7 @@ def cluster_outcomes(config, run_dir, todo, address):
     the node that runs it; its trace comes back through Ray and lands in this run folder under its final name when
     the episode ends (half-done: as .part, which resume discards), so resume, results and reports are as for a
     local run. The kit's modules, scaffolds and data travel to the nodes (Ray's working_dir); nodes need its packages."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage to its makers unless told not to
     try:
         import ray
     except ImportError:

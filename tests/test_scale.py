@@ -4,6 +4,7 @@ README's loop-2 chain."""
 import itertools
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -186,6 +187,7 @@ def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
         calls = stub.requests["stub"]
         evaluation.main(argv + ["--run-name", "cluster", "--ray", "local"])
         assert stub.requests["stub"] == 2 * calls  # every call of the cluster's episodes reached the server
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # set before the cluster started: no report leaves
         jobs = json.loads((tmp_path / "here" / "config.json").read_text())["jobs"]
         assert all(records(tmp_path / "here", j) == records(tmp_path / "cluster", j) for j in jobs)
         here, cluster = (json.loads((tmp_path / r / "results.json").read_text())["envs"]["crafter"] for r in ("here", "cluster"))
