@@ -68,10 +68,11 @@ def ratio(num, den):
 
 
 def game_state(text, after_invalid):
-    """The observation as a game state: without the invalid-action feedback paragraph that opens
-    it after an invalid action, and without NetHack's turn counter."""
+    """The observation as a game state: without the invalid-action feedback that opens it after an
+    invalid action (envs.INVALID_ACTION: blank lines, the feedback paragraph, "Observation:"), and
+    without NetHack's turn counter."""
     if after_invalid:
-        text = text.split("\n\n", 1)[-1]
+        text = text.lstrip("\n").split("\n\n", 1)[-1].removeprefix("Observation:\n")
     return TURN_COUNTER.sub("T:", text)
 
 
