@@ -167,6 +167,50 @@ def test_input_tokens_and_llm_calls_per_step():
     assert metrics.behaviour([])["input_tokens_per_step"] is None
 
 
+def test_behaviour_reports_every_metric_by_name():
+    ep = with_calls(episode(list("abcd"), "e"), plan=lambda t: [call(prompt_tokens=10, completion_tokens=3)])
+    for s, fallback, seconds in zip(ep[1], (True, False, False, True), (1.0, 2.0, 3.0, 2.0)):
+        s["fallback"], s["seconds"] = fallback, seconds  # the step's own seconds, not its calls' (0.1 each)
+    assert metrics.behaviour([ep]) == {
+        "unproductive_rate": 0.0, "redundant_write_rate": None, "empty_search_rate": None,
+        "log_writes_per_search": None, "invalid_action_rate": 0.0, "fallback_rate": 0.5, "llm_calls_per_step": 1.0,
+        "input_tokens_per_step": 10.0, "output_tokens_per_step": 3.0, "seconds_per_step": 2.0}
+
+
+def test_unproductive_steps_unfinished_and_after_an_invalid_step():
+    # no end record: the last step has no next state, so it is neither productive nor not
+    assert metrics.unproductive_steps(episode(list("AAA"), "A")[1], None) == [True, True, None]
+    assert metrics.unproductive_rate([episode(list("AAA"), "A")[:2] + (None,)]) == 1.0
+    # step 1 was invalid: the next observation opens with the feedback paragraph; the rest is the state
+    header, steps, end = episode(["A", "A\n\nB"], FEEDBACK + "\n\nA\n\nB")
+    steps[1]["valid"] = False
+    assert metrics.unproductive_steps(steps, end) == [False, True]
+    assert metrics.unproductive_steps(*episode(["A"], "A", valid=False)[1:]) == [True]  # no paragraph to strip
+
+
+def test_a_real_invalid_action_that_changes_nothing_is_unproductive():
+    """The game's own invalid-action feedback (envs.INVALID_ACTION, opening the observation) is not game state."""
+    game = envs.make("nethack")
+    game.reset(42)
+    after_esc = game.step("esc")[0].text        # valid: the welcome message goes
+    after_invalid = game.step("North")[0].text  # invalid: esc runs again and nothing changes
+    assert "Defaulted to action: esc" in after_invalid
+    assert metrics.game_state(after_invalid, True) == metrics.game_state(after_esc, False)
+
+
+def test_progression_stats_values():
+    assert metrics.progression_stats([]) == {"mean": 0.0, "se": 0.0, "n": 0}
+    assert metrics.progression_stats([0.5]) == {"mean": 50.0, "se": 0.0, "n": 1}
+    assert metrics.progression_stats([0.0, 1.0]) == {"mean": 50.0, "se": pytest.approx(50 / 2 ** 0.5), "n": 2}
+
+
+def test_aliased_writes_count_and_calls_without_ops_are_skipped():
+    upsert_map = call([("UPSERT_MAP", ["3,4", "door"])], [result(redundant=True)])  # a custom op of UPSERT
+    bare = {k: v for k, v in call().items() if k not in ("ops", "results")}  # a call with no ops recorded
+    ep = with_calls(episode(["a"], "b"), log=lambda t: [upsert_map, bare])
+    assert metrics.redundant_write_rate([ep]) == 1.0 and metrics.empty_search_rate([ep]) is None
+
+
 # ----------------------------------------------------------------------------- real traces (scripted model)
 
 def scripted_run(env, out, steps, seed=42, kind="memory", run="demo-v0"):
