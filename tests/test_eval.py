@@ -72,6 +72,31 @@ def test_episode_i_plays_the_ith_seed_of_the_seeds_file(tmp_path):
         assert steps[0]["observation"] == envs.make("crafter").reset(seed).text
 
 
+def test_sampling_seed_of_an_episode():
+    """Fixed by the run's --seed and the episode (a 32-bit value: every reported number of a run hangs on it)."""
+    job = {"env": "crafter", "task": "default", "episode": 0, "seed": 42}
+    assert evaluation.hash_seed(0, job) == 2606069683
+    assert evaluation.hash_seed(1, job) == 812650026 and evaluation.hash_seed(0, {**job, "seed": 43}) == 2114976052
+
+
+@pytest.mark.parametrize("lines,damage", [
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 42}', '{"type": "end", "progression": 0.5}'],
+     None),
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 42}', '{"type": "st'], "line 2 is not JSON"),
+    ([], "empty, or a line is not a record"),
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 42}', "[1]"], "empty, or a line is not a record"),
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 43}', '{"type": "end", "progression": 0.5}'],
+     "no header of this episode"),
+    (['{"type": "step"}', '{"type": "end", "progression": 0.5}'], "no header of this episode"),
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 42}', '{"type": "end"}'], "no end record"),
+    (['{"type": "episode", "env": "crafter", "task": "default", "seed": 42}', '{"type": "step"}'], "no end record"),
+], ids=["whole", "cut", "empty", "not a record", "another seed", "no header", "no progression", "no end"])
+def test_trace_damage(tmp_path, lines, damage):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    assert evaluation.trace_damage(path, {"env": "crafter", "task": "default", "episode": 0, "seed": 42}) == damage
+
+
 def test_same_seeds_same_numbers(tmp_path):
     a = run(tmp_path / "a", "crafter", [])
     b = run(tmp_path / "b", "crafter", [])
