@@ -47,6 +47,7 @@ class Stub(ThreadingHTTPServer):
 
 class StubHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a real server
+    disable_nagle_algorithm = True  # each write leaves at once (else the body waits ~40 ms for the ACK of the headers)
 
     def log_message(self, *args):
         pass
