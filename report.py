@@ -190,17 +190,18 @@ def table_rows(runs, paper=False):
     if paper:
         rows += [{"label": label, "model": PAPER_MODEL, "paper": True, "runs": [], "tasks": {}, "behaviour": {},
                   "cells": {env: {"mean": m, "se": se, "n": None, "expected": None} for env, (m, se) in cells.items()},
-                  "paper_rows": [label], "parts": {}} for label, cells in PAPER.items()]
+                  "paper_rows": [label], "parts": {}, "key": None} for label, cells in PAPER.items()]
     for run in runs:
         config, results = run["config"], run["results"]
         label, model = agent_label(config), model_label(config)
-        row = next((r for r in rows if (r["label"], r["model"]) == (label, model) and not r["paper"]
+        row = next((r for r in rows if r["key"] == (label, model)
                     and all(shards(part, run, env) for env in set(r["cells"]) & set(results["envs"])
                             for part in r["parts"][env])), None)
         if row is None:
-            taken = any((r["label"], r["model"]) == (label, model) for r in rows)
+            taken = any(r["key"] == (label, model) for r in rows)
             row = {"label": label + (f" [{results['run']}]" if taken else ""), "model": model, "paper": False,
-                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}, "paper_rows": [], "parts": {}}
+                   "runs": [], "cells": {}, "tasks": {}, "behaviour": {}, "paper_rows": [], "parts": {},
+                   "key": (label, model)}
             rows.append(row)
         row["runs"].append(results["run"])
         row["paper_rows"] = sorted(set(row["paper_rows"]) | {paper_row(config, env) for env in results["envs"]} - {None},

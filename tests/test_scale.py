@@ -209,9 +209,12 @@ def test_shards_of_a_run_make_one_table_row_equal_to_the_whole_run(tmp_path):
     tasks = ["MiniHack-MazeWalk-9x9-v0", "MiniHack-Corridor-R3-v0"]
     whole = run(tmp_path, *[a for t in tasks for a in ("--task", t)], env="minihack", name="whole")
     shards = [run(tmp_path, "--task", t, env="minihack", name=f"shard-{i}") for i, t in enumerate(tasks)]
+    for i, folder in enumerate([whole] + shards):  # started in this order, a second apart (the whole run's row first)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "started": f"2026-01-01 00:00:0{i}"}))
     rows = report.table_rows(report.load_runs(shards + [whole]))
-    assert [r["runs"] for r in rows] == [["shard-0", "shard-1"], ["whole"]]  # the whole run repeats their episodes
-    merged, alone = rows
+    merged, alone = sorted(rows, key=lambda r: r["runs"])
+    assert (merged["runs"], alone["runs"]) == (["shard-0", "shard-1"], ["whole"])  # whole repeats their episodes
     assert merged["cells"]["minihack"] == alone["cells"]["minihack"] and merged["cells"]["minihack"]["n"] == 4
     untimed = [{k: v for k, v in r["behaviour"]["minihack"].items() if k != "seconds_per_step"} for r in rows]
     assert merged["tasks"] == alone["tasks"] and untimed[0] == untimed[1]  # behaviour pooled from both shards' traces
