@@ -97,6 +97,34 @@ def test_trace_damage(tmp_path, lines, damage):
     assert evaluation.trace_damage(path, {"env": "crafter", "task": "default", "episode": 0, "seed": 42}) == damage
 
 
+def test_seed_values_and_episode_counts(tmp_path):
+    """Seeds span 0 .. 2**32 - 1; --episodes may take every seed and no more; --quick plays the first; --env all
+    lists the jobs of every env."""
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"crafter: 0 {2**32 - 1}\n")
+    assert evaluation.read_seeds(seeds) == {"crafter": [0, 2**32 - 1]}
+    for line in (f"crafter: {2**32}", "crafter: -1", "crafter: 1: 2"):
+        seeds.write_text(line + "\n")
+        with pytest.raises(ValueError, match="line 1"):
+            evaluation.read_seeds(seeds)
+    config = lambda *argv: evaluation.make_config(evaluation.parse_args(list(argv)))  # noqa: E731
+    assert [j["seed"] for j in config("--episodes", "10")["jobs"]] == list(range(42, 52))  # all 10 of seeds.txt
+    assert config("--quick")["jobs"] == [{"env": "crafter", "task": "default", "episode": 0, "seed": 42}]
+    jobs = config("--env", "all", "--episodes", "1")["jobs"]
+    assert [j["env"] for j in jobs] == ["crafter"] + ["minihack"] * len(envs.tasks("minihack")) + ["nethack"]
+
+
+def test_a_resumed_run_folder_restarts_half_done_episodes(tmp_path):
+    """What eval.py does to a run folder before running: the .part traces of a killed run go, and each env's
+    traces/ and memory/ folders exist."""
+    config = evaluation.make_config(evaluation.parse_args(["--max-steps", "3"]))
+    part = tmp_path / "traces" / "crafter" / "default__01.part"
+    part.parent.mkdir(parents=True)
+    part.write_text('{"type": "episode"}\n')
+    evaluation.check_run_dir(config, tmp_path)
+    assert not part.exists() and (tmp_path / "traces" / "crafter").is_dir() and (tmp_path / "memory" / "crafter").is_dir()
+
+
 def test_same_seeds_same_numbers(tmp_path):
     a = run(tmp_path / "a", "crafter", [])
     b = run(tmp_path / "b", "crafter", [])
