@@ -10,7 +10,7 @@
 #   cd /tmp/automem-mutation/eval && mutmut show <name>    # one mutant's diff; `mutmut apply <name>` writes it
 #
 # One mutmut session per area (AREAS: the file it mutates, the tests that may kill its mutants), each in its
-# own subfolder holding a copy of the repository's tracked files as they are now. Only the mutants of
+# own subfolder holding a copy of the committed files (HEAD). Only the mutants of
 # bench/mutation_targets.py's TARGETS run (a function, or the lines of it that match a pattern), each against
 # the area's tests that reach its function, fastest first. Message text is not mutated (raise and print
 # lines, lines that are a string alone): no number or guard depends on its wording.
@@ -19,9 +19,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/automem-mutation}
 AREAS=(  # "file|pytest arguments" (in a -k expression, _or_ stands for " or ")
     "memory_fs.py|tests/test_memory_fs.py"
-    "metrics.py|tests/test_report.py -k rate_or_per_step_or_per_search_or_metrics_or_table_numbers"
+    "metrics.py|tests/test_report.py -k rate_or_per_step_or_per_search_or_metric_or_table_numbers_or_unproductive_or_stats_or_aliased"
     "envs.py|tests/test_envs.py"
-    "eval.py|tests/test_eval.py tests/test_reliability.py -k seed_or_resume_skips_or_bad_input_or_changed_config_or_damaged"
+    "eval.py|tests/test_eval.py tests/test_reliability.py -k seed_or_resume_skips_or_bad_input_or_changed_config_or_damage_or_half_done"
     "meta_loop.py|tests/test_meta_loop.py -k loop_accepts_or_margin"
     "report.py|tests/test_report.py -k escapes_or_planted"
 )
@@ -33,7 +33,7 @@ for area in "${AREAS[@]}"; do
     file=${area%%|*}; tests=${area#*|}; dir="$WORK/${file%.py}"
     [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $file "* ]] || continue
     rm -rf "$dir" && mkdir -p "$dir"
-    (cd "$ROOT" && git ls-files -z | xargs -0 tar -c --ignore-failed-read 2>/dev/null) | tar -x -C "$dir"
+    git -C "$ROOT" archive HEAD | tar -x -C "$dir"
     cd "$dir"
     {
         echo "[mutmut]"
