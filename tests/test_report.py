@@ -561,7 +561,7 @@ def test_replay_in_chromium_side_by_side_lockstep(browser, traces, tmp_path):
 
 def planted(where):
     """Markup that runs script if a page ever treats text as HTML; each records `where` in window.pwned."""
-    return (f"</title></pre><img src=x onerror=\"pwned.push('{where}')\">"
+    return (f"</title></pre>&lt;i&gt;<img src=x onerror=\"pwned.push('{where}')\">"
             f"<script>pwned.push('{where} script')</script>")
 
 
@@ -592,7 +592,7 @@ def test_replay_page_escapes_what_it_did_not_write(tmp_path):
     trace, _ = hostile_trace(tmp_path / "t.jsonl")
     page = report.write_replay(trace, tmp_path / "t.html").read_text()
     title = page.split("<title>", 1)[1].split("</title>", 1)[0]
-    assert "<" not in title and "&lt;/title>&lt;/pre>&lt;img src=x" in title
+    assert "<" not in title and "&lt;/title>&lt;/pre>&amp;lt;i&amp;gt;&lt;img src=x" in title
     assert page.count("<script") == report.PAGE.count("<script") + 1 and "pwned" not in page.split("</title>", 1)[1]
 
 
