@@ -295,15 +295,19 @@ def test_result_texts_and_flags(fs):
     texts = [r.text for r in run(fs, (
         "<|CREATE|>g.txt|a\nb<|END|><|CREATE|>g.txt<|END|><|WRITE|>g.txt|x<|END|><|WRITE|>g.txt|x<|END|>"
         "<|COUNT|>notes.txt<|END|><|COUNT|>notes.txt|TREE<|END|>"
-        "<|APPEND|>s.txt|hp: 1\nhp: 2\nhp: 3<|END|><|UPSERT|>s.txt|hp:|Full<|END|><|SEARCH|>s.txt|full<|END|>"))]
+        "<|APPEND|>s.txt|hp: 1\nhp: 2<|END|><|APPEND|>s.txt|hp: 2<|END|><|UPSERT|>s.txt|hp:|Full<|END|>"
+        "<|UPSERT|>s.txt|mp:|Low<|END|><|SEARCH|>s.txt|full<|END|><|SEARCH|>s.txt|LOW<|END|><|SEARCH|>s.txt|x<|END|>"))]
     assert texts == ["[CREATE g.txt] created with 2 lines",
                      "[CREATE g.txt] error: g.txt already exists; WRITE replaces it, APPEND adds to it",
                      "[WRITE g.txt] wrote 1 line", "[WRITE g.txt] unchanged: the file already holds exactly this",
                      "[COUNT notes.txt] 3 lines", "[COUNT notes.txt|TREE] 1 matching line",
-                     "[APPEND s.txt] appended 3 lines, now 3",
-                     "[UPSERT s.txt|hp:] replaced the line, dropped 2 duplicate lines",
-                     "[SEARCH s.txt|full] 1 match:\nhp: Full"]  # SEARCH ignores case, the file keeps it
-    assert fs.read("s.txt") == "hp: Full\n"
+                     "[APPEND s.txt] appended 2 lines, now 2", "[APPEND s.txt] appended 1 line, now 3 (already in the file)",
+                     "[UPSERT s.txt|hp:] replaced the line, dropped 2 duplicate lines", "[UPSERT s.txt|mp:] added the line",
+                     "[SEARCH s.txt|full] 1 match:\nhp: Full", "[SEARCH s.txt|LOW] 1 match:\nmp: Low",
+                     "[SEARCH s.txt|x] 0 matches"]  # SEARCH ignores case, the file keeps it
+    assert fs.read("s.txt") == "hp: Full\nmp: Low\n"
+    run(fs, "<|APPEND|>s.txt|hp: 9<|END|>")
+    assert run(fs, "<|UPSERT|>s.txt|hp:|0<|END|>")[0].text.endswith("replaced the line, dropped 1 duplicate line")
     empty, other = run(fs, "<|CREATE|>g.txt<|END|><|CREATE|>g.txt|y<|END|>")
     assert empty.redundant and not other.redundant  # a CREATE with no text asks for what is there
 
@@ -316,6 +320,31 @@ def test_upsert_keys_and_texts(fs):
     assert fs.read("s.txt") == "hp: 6\nhpx: 1\nk two lines\n"
     bad = fs.execute(Op("UPSERT", ["s.txt", "a\nb", "x"], ""), OPS)
     assert not bad.ok and "the key must be one line" in bad.text and fs.read("s.txt").count("\n") == 3
+
+
+def test_what_reaches_the_disk(tmp_path, monkeypatch):
+    """Files are created 0644 (under nested folders made on the way), appended lines reach the disk as written,
+    text reads back as stored (a lone surrogate becomes '?'), the journal records each write, a full disk is an
+    error result."""
+    fs = MemoryFS(tmp_path / "a" / "b" / "mem", {"notes.txt": "x\n"})
+    fs.journal = []
+    run(fs, "<|APPEND|>notes.txt|y\nz<|END|><|READ|>notes.txt<|END|><|APPEND|>nope/x|w<|END|>")
+    assert fs.journal == [["APPEND", ["notes.txt", "y\nz"]]]
+    assert (fs.root / "notes.txt").read_text() == fs.read("notes.txt") == "x\ny\nz\n"
+    assert (fs.root / "notes.txt").stat().st_mode & 0o777 == 0o644
+    assert fs.execute(Op("WRITE", ["s.txt", "a\ud800b"], ""), OPS).ok and fs.read("s.txt") == "a?b\n"
+    monkeypatch.setattr(fs, "_put", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    full, = run(fs, "<|APPEND|>notes.txt|w<|END|>")
+    assert (full.ok, full.text) == (False, "[APPEND notes.txt] error: cannot write: No space left on device")
+    assert fs.read("notes.txt") == "x\ny\nz\n" and fs.journal[-1] == ["WRITE", ["s.txt", "a\ud800b"]]
+    unknown, = run(fs, "<|FLY|>x<|END|>")
+    assert unknown.ok is False
+
+
+def test_default_file_limit(tmp_path):
+    fs = MemoryFS(tmp_path, {f"f{i}.txt": "" for i in range(64)})
+    more, = run(fs, "<|CREATE|>f64.txt<|END|>")
+    assert not more.ok and "file limit reached (64 files)" in more.text
 
 
 def test_limits_are_inclusive(tmp_path):
@@ -342,6 +371,7 @@ def test_loading_a_directory_takes_plain_files_only(tmp_path):
     assert fs.read("bytes.txt") == "ok \ufffd\ufffd\n"
     (mem / "late.txt").symlink_to(tmp_path / "outside.txt")
     assert fs._load("late.txt") is None and fs._load("bytes.txt") == "ok \ufffd\ufffd\n"
+    assert run(fs, "<|WRITE|>late.txt|x<|END|>")[0].text == "[WRITE late.txt] error: cannot write late.txt: it is a link"
 
 
 # ----------------------------------------------------------------------------- sandbox
