@@ -375,8 +375,10 @@ class Agent:
         """A routine's first message: the template (or the one a hook picked) filled; returns (text, template)."""
         slots = extra if isinstance(extra, dict) else {"notices": extra}
         template = slots.get("prompt") or name
-        if template not in self.scaffold["prompts"] or not template.startswith(name):
-            raise ValueError(f"hook before_{name} picked prompt {template!r}, which the scaffold does not define")
+        if template not in self.scaffold["prompts"] or template == f"{name}_continue" or not (
+                template == name or template.startswith(name + "_")):
+            raise ValueError(f"hook before_{name} picked prompt {template!r}: pick one of the scaffold's {name} "
+                             f"templates ({name} or {name}_<name>, not {name}_continue)")
         notices = "\n".join(t for t in (notices, slots.get("notices")) if t)
         extra_slots = {k: v for k, v in slots.items() if k in self.scaffold["slots"] and v is not None}
         text = self.scaffold["prompts"][template].format(**{**values, **more, **extra_slots, "notices": notices,

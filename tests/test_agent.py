@@ -383,3 +383,10 @@ def test_two_model_budgets_as_theirs(tmp_path, game):
     agent, recs, _ = play(tmp_path, game, reads * 2, steps=1, scaffold=scaffold,
                           memory_llm=llm.load("scripted", replies=["no op here"]))
     assert [t["model"] for t in recs[0]["plan"]["turns"]] == ["memory"] + ["base"] * 3
+
+
+@pytest.mark.parametrize("picked", ["plan_continue", "plan_missing", "log"])
+def test_a_hook_picks_only_a_plan_template_the_scaffold_defines(tmp_path, game, picked):
+    scaffold = hooked_scaffold(tmp_path, f"def before_plan(ctx):\n    return {{'prompt': {picked!r}}}\n")
+    with pytest.raises(ValueError, match=f"picked prompt '{picked}'"):
+        play(tmp_path, game, ["<|ACTION|>Noop<|END|>"], steps=1, scaffold=scaffold)
