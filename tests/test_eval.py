@@ -65,7 +65,8 @@ def test_episode_i_plays_the_ith_seed_of_the_seeds_file(tmp_path):
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("crafter: 50 42 7\n")
     run_dir = run(tmp_path, "crafter", [], "--seeds", str(seeds))
-    assert [j["seed"] for j in json.loads((run_dir / "config.json").read_text())["jobs"]] == [50, 42]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert [j["seed"] for j in config["jobs"]] == [50, 42] and config["seeds_file"] == str(seeds)
     for i, seed in enumerate([50, 42]):
         header, steps, _ = automem.read_trace(run_dir / "traces" / "crafter" / f"default__{i:02d}.jsonl")
         assert (header["episode"], header["seed"]) == (i, seed)
@@ -118,11 +119,12 @@ def test_a_resumed_run_folder_restarts_half_done_episodes(tmp_path):
     """What eval.py does to a run folder before running: the .part traces of a killed run go, and each env's
     traces/ and memory/ folders exist."""
     config = evaluation.make_config(evaluation.parse_args(["--max-steps", "3"]))
+    evaluation.check_run_dir(config, tmp_path)
+    assert (tmp_path / "traces" / "crafter").is_dir() and (tmp_path / "memory" / "crafter").is_dir()
     part = tmp_path / "traces" / "crafter" / "default__01.part"
-    part.parent.mkdir(parents=True)
     part.write_text('{"type": "episode"}\n')
     evaluation.check_run_dir(config, tmp_path)
-    assert not part.exists() and (tmp_path / "traces" / "crafter").is_dir() and (tmp_path / "memory" / "crafter").is_dir()
+    assert not part.exists()
 
 
 def test_same_seeds_same_numbers(tmp_path):
