@@ -372,6 +372,14 @@ def test_loading_a_directory_takes_plain_files_only(tmp_path):
     (mem / "late.txt").symlink_to(tmp_path / "outside.txt")
     assert fs._load("late.txt") is None and fs._load("bytes.txt") == "ok \ufffd\ufffd\n"
     assert run(fs, "<|WRITE|>late.txt|x<|END|>")[0].text == "[WRITE late.txt] error: cannot write late.txt: it is a link"
+    (mem / "dir.txt").mkdir()
+    assert run(fs, "<|WRITE|>dir.txt|x<|END|>")[0].text == "[WRITE dir.txt] error: cannot write dir.txt: Is a directory"
+
+
+def test_a_shorter_write_leaves_nothing_of_the_old_text_on_disk(tmp_path):
+    fs = MemoryFS(tmp_path, {"plan.txt": "a long first plan\nwith two lines\n"})
+    run(fs, "<|WRITE|>plan.txt|short<|END|>")
+    assert (tmp_path / "plan.txt").read_text() == fs.read("plan.txt") == "short\n"
 
 
 # ----------------------------------------------------------------------------- sandbox
