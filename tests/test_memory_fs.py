@@ -310,6 +310,7 @@ def test_result_texts_and_flags(fs):
     assert run(fs, "<|UPSERT|>s.txt|hp:|0<|END|>")[0].text.endswith("replaced the line, dropped 1 duplicate line")
     empty, other = run(fs, "<|CREATE|>g.txt<|END|><|CREATE|>g.txt|y<|END|>")
     assert empty.redundant and not other.redundant  # a CREATE with no text asks for what is there
+    assert (empty.ok, empty.wrote, other.ok) == (False, False, False)
 
 
 def test_upsert_keys_and_texts(fs):
@@ -380,6 +381,8 @@ def test_a_shorter_write_leaves_nothing_of_the_old_text_on_disk(tmp_path):
     fs = MemoryFS(tmp_path, {"plan.txt": "a long first plan\nwith two lines\n"})
     run(fs, "<|WRITE|>plan.txt|short<|END|>")
     assert (tmp_path / "plan.txt").read_text() == fs.read("plan.txt") == "short\n"
+    run(fs, "<|CREATE|>empty.txt<|END|><|WRITE|>plan.txt|<|END|>")
+    assert [(tmp_path / n).read_text() for n in ("empty.txt", "plan.txt")] == ["", ""] == [fs.read("empty.txt"), fs.read("plan.txt")]
 
 
 # ----------------------------------------------------------------------------- sandbox
