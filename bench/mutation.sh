@@ -4,7 +4,7 @@
 # must fail on it ("killed"). A surviving mutant is a bug the suite would not notice, or an equivalent change.
 #
 #   pip install mutmut==3.8.1
-#   bash bench/mutation.sh                  # the score and each survivor's diff (README, "Mutation testing")
+#   bash bench/mutation.sh                  # the score and each survivor's diff (README, "Tests that bite")
 #   bash bench/mutation.sh /tmp/mut-work    # work folder (default /tmp/automem-mutation)
 #   bash bench/mutation.sh /tmp/mut-work envs.py eval.py    # only these areas (the others' results stay)
 #   cd /tmp/automem-mutation/eval && mutmut show <name>    # one mutant's diff; `mutmut apply <name>` writes it
