@@ -13,6 +13,8 @@ llm.py: model backends behind one call, messages in -> text and token counts out
     llm.load("openai", "Qwen/Qwen2.5-32B-Instruct", base_url=["http://a:8000/v1", "http://b:8000/v1"])  # replicas
     llm.load("scripted", replies=["<|ACTION|>north<|END|>"], cycle=True)   # or replies=f(messages) -> str
     llm.load("scripted", "runs/x/traces/crafter/default__00.jsonl")         # replay a trace's replies
+    llm.load("anthropic", "claude-opus-4-1")        # meta-LLMs only (pip install anthropic)
+    llm.load("claude-cli", "opus", read_dirs=["runs/x"])   # Claude Code, an agentic session that may read runs/x
 
     python llm.py "Say hello." [--backend llamacpp] [--model PATH] [--max-tokens 64]   # one reply + speed
 
@@ -41,6 +43,8 @@ Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=
 """
 import importlib.util
 import os
+import shutil
+import subprocess
 import threading
 import time
 import weakref
@@ -433,9 +437,88 @@ class OpenAI:
                 "retries": self.retries, "backoff": self.backoff}
 
 
+class Anthropic:
+    """Anthropic's API (pip install anthropic; the key from ANTHROPIC_API_KEY), streamed so that a
+    long reply does not hit the client's timeout. A meta-LLM backend: its API takes no seed (`seed`
+    is accepted and changes nothing), adapters or grammars. A failed call raises BackendError."""
+    GRAMMAR = False
+
+    def __init__(self, model=None, *, timeout=TIMEOUT, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, seed=None):
+        try:
+            import anthropic
+        except ImportError:
+            raise ValueError("the anthropic backend needs the official client: pip install anthropic "
+                             "(and set ANTHROPIC_API_KEY)") from None
+        if not model:
+            raise ValueError("the anthropic backend needs a model name, e.g. claude-opus-4-1")
+        self.model, self.timeout, self.temperature, self.max_tokens = model, timeout, temperature, max_tokens
+        self.client = anthropic.Anthropic(timeout=timeout)
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
+        import anthropic
+        if adapter or grammar:
+            raise ValueError("the anthropic backend has no adapters or grammars")
+        t0 = time.perf_counter()
+        system = [m["content"] for m in messages[:1] if m["role"] == "system"]
+        try:
+            with self.client.messages.stream(
+                    model=self.model, max_tokens=max_tokens or self.max_tokens, temperature=self.temperature,
+                    messages=messages[len(system):], stop_sequences=stop or [],
+                    **({"system": system[0]} if system else {})) as stream:
+                text, usage = stream.get_final_text(), stream.get_final_message().usage
+        except anthropic.APIError as e:
+            raise BackendError(f"anthropic: {type(e).__name__}: {str(e)[:300]}") from None
+        return Reply(text, usage.input_tokens, usage.output_tokens, time.perf_counter() - t0)
+
+    def describe(self):
+        return {"backend": "anthropic", "model": self.model, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "timeout": self.timeout}
+
+
+class ClaudeCli:
+    """Claude Code as a meta-LLM, the authors' setting: `claude -p` (npm install -g
+    @anthropic-ai/claude-code) gets one user message on standard input and runs an agentic session
+    of at most `turns` turns in `cwd` with the read-only tools Read, Grep and Glob (so it may read
+    the folders in `read_dirs`, e.g. whole traces); its final message is the reply. The CLI takes no
+    sampling settings, adapters or grammars, and reports no token counts (0); temperature/seed/max_tokens
+    are accepted so one command line fits every backend, and change nothing."""
+    GRAMMAR = False
+    TOOLS = ("Read", "Grep", "Glob")
+
+    def __init__(self, model="opus", *, timeout=3600, turns=100, cwd=None, read_dirs=(), temperature=None, seed=None,
+                 max_tokens=None):
+        if shutil.which("claude") is None:
+            raise ValueError("the claude-cli backend: no `claude` on PATH; install Claude Code "
+                             "(npm install -g @anthropic-ai/claude-code) or pick another backend")
+        self.model, self.timeout, self.turns = model or "opus", timeout, turns
+        self.cwd, self.read_dirs = cwd, [str(d) for d in read_dirs]
+
+    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
+        if [m["role"] for m in messages] != ["user"] or adapter or grammar:
+            raise ValueError("the claude-cli backend takes one user message (no system message, adapters or grammars)")
+        t0 = time.perf_counter()
+        cmd = ["claude", "-p", "Do the task given on standard input. Your final message must be the reply it asks for.",
+               "--model", self.model, "--output-format", "text", "--max-turns", str(self.turns),
+               "--allowedTools", *self.TOOLS] + [a for d in self.read_dirs for a in ("--add-dir", d)]
+        try:
+            out = subprocess.run(cmd, input=messages[0]["content"], capture_output=True, text=True, cwd=self.cwd,
+                                 timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"claude -p gave no answer within {self.timeout} s") from None
+        if out.returncode:
+            raise BackendError(f"claude -p exited with {out.returncode}: {out.stderr.strip()[-300:]}")
+        return Reply(cut_at_stop(out.stdout, stop), 0, 0, time.perf_counter() - t0)
+
+    def describe(self):
+        return {"backend": "claude-cli", "model": self.model, "turns": self.turns, "tools": list(self.TOOLS),
+                "read_dirs": self.read_dirs, "timeout": self.timeout}
+
+
 NO_GRAMMAR = ("the {backend} backend has no grammar-constrained decoding: use --backend llamacpp or openai "
               "(llama.cpp server, vLLM), or turn grammar off (--grammar off, or grammar: false in scaffold.yaml)")
-BACKENDS = {"llamacpp": LlamaCpp, "scripted": Scripted, "transformers": Transformers, "openai": OpenAI}
+BACKENDS = {"llamacpp": LlamaCpp, "scripted": Scripted, "transformers": Transformers, "openai": OpenAI,
+            "anthropic": Anthropic, "claude-cli": ClaudeCli}
+AGENT_BACKENDS = ("llamacpp", "scripted", "transformers", "openai")  # the others serve meta-LLMs only
 
 
 def load(backend="llamacpp", model=None, **options):
@@ -449,7 +532,7 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="One chat reply from a backend, with token counts and speed.")
     p.add_argument("prompt")
-    p.add_argument("--backend", default="llamacpp", choices=["llamacpp", "transformers", "openai"])
+    p.add_argument("--backend", default="llamacpp", choices=[b for b in BACKENDS if b != "scripted"])
     p.add_argument("--model", help="GGUF path, hub id / local dir, or server model name (default: embedded SmolLM2)")
     p.add_argument("--base-url", help="openai: server URL")
     p.add_argument("--max-tokens", type=int, default=128)
