@@ -37,10 +37,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 import automem
+import cli
 import envs
 import jail
 import llm
 import metrics
+import replay
 
 ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_tokens": 64}
@@ -390,17 +392,18 @@ def balrog_summary(config, by_env):
 
 
 def results_markdown(results):
-    lines = [f"# {results['run']}", "", f"agent: {results['agent']}, model: {results['model']}", "",
-             "| env | task | progression % | episodes |", "| --- | --- | --- | --- |"]
+    rows = []
     for env, r in results["envs"].items():
         p = r["progression"]
-        done = f"{r['episodes']}/{r['expected_episodes']}"
-        lines.append(f"| **{env}** | all | **{p['mean']:.2f} ± {p['se']:.2f}** | {done} |")
+        rows.append([f"**{env}**", "all", f"**{p['mean']:.2f} ± {p['se']:.2f}**", f"{r['episodes']}/{r['expected_episodes']}"])
         if len(r["tasks"]) > 1:
-            lines += [f"| | {t} | {s['mean']:.2f} ± {s['se']:.2f} | {s['n']} |" for t, s in r["tasks"].items()]
+            rows += [["", t, f"{s['mean']:.2f} ± {s['se']:.2f}", s["n"]] for t, s in r["tasks"].items()]
     names = list(next(iter(results["envs"].values()))["behaviour"]) if results["envs"] else []
-    lines += ["", "| metric | " + " | ".join(results["envs"]) + " |", "| --- |" + " --- |" * len(results["envs"])]
-    lines += [f"| {m} | " + " | ".join(metrics.metric_text(r["behaviour"][m]) for r in results["envs"].values()) + " |" for m in names]
+    lines = [f"# {results['run']}", "", f"agent: {results['agent']}, model: {results['model']}", "",
+             cli.markdown_table(["env", "task", "progression %", "episodes"], rows), "",
+             cli.markdown_table(["metric"] + list(results["envs"]),
+                                [[m] + [metrics.metric_text(r["behaviour"][m]) for r in results["envs"].values()]
+                                 for m in names])]
     for env, r in results["envs"].items():
         if r["success_rule_disagreements"]:
             lines.append(f"\n{env}: {r['success_rule_disagreements']} episode(s) where BALROG's last-reward rule "
@@ -614,19 +617,13 @@ def attempt(fn, *args):
         return e
 
 
-def fail(message):
-    """Bad input or an unusable model: one line naming the fix, exit status 2 (shared by the kit's CLIs)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
         config = make_config(args)
         run_dir, lock = prepare_run_dir(config, args.runs_dir)
     except (ValueError, FileNotFoundError) as e:
-        fail(e)
+        cli.fail(e)
     try:
         run(args, config, run_dir)
     finally:
@@ -649,13 +646,13 @@ def run(args, config, run_dir):
         try:
             load_models(config) if (config["workers"] == 1 or server) and not args.ray else None
         except (ValueError, FileNotFoundError, llm.BackendError) as e:
-            fail(e)
+            cli.fail(e)
     bar = tqdm(total=len(todo), unit="episode", disable=not todo)
     failed, fatal = [], None
     try:
         episodes = cluster_outcomes(config, run_dir, todo, args.ray) if args.ray else outcomes(config, run_dir, todo, server)
     except (ValueError, ConnectionError) as e:  # no Ray, a scaffold outside the kit, no cluster at that address
-        fail(e)
+        cli.fail(e)
     for job, end in episodes:
         bar.update()
         if isinstance(end, llm.BackendError):  # recorded; the episode re-runs on resume
@@ -673,16 +670,15 @@ def run(args, config, run_dir):
         raise fatal
     if fatal:
         where = f"{fatal.strerror}: {fatal.filename}" if isinstance(fatal, OSError) and fatal.filename else fatal
-        fail(f"{where} (the finished episodes are kept: fix that and re-run the same command to resume)")
+        cli.fail(f"{where} (the finished episodes are kept: fix that and re-run the same command to resume)")
     unconstrained = [env for env, r in results["envs"].items()
                      if (r["behaviour"]["fallback_rate"] or 0) > 0.5 and not config["scaffolds"][env]["grammar"]]
     if config["agent"] == "memory" and unconstrained and llm.BACKENDS[config["backend"]["backend"]].GRAMMAR:
         print(f"note: {', '.join(unconstrained)}: PLAN rarely committed an action (fallback rate above 0.5); "
               f"a model too small for the op syntax follows it with --grammar on")
     first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
-    if first and not args.no_replay:  # see what the agent did: python report.py replay <trace> for any other episode
-        import report  # matplotlib and PIL load only when a replay is written
-        print(f"replay of {first.relative_to(run_dir)}: {report.write_replay(first, run_dir / 'replay.html', frames=True)}")
+    if first and not args.no_replay:  # see what the agent did: python replay.py <trace> for any other episode
+        print(f"replay of {first.relative_to(run_dir)}: {replay.write_replay(first, run_dir / 'replay.html', frames=True)}")
     if failed:
         (run_dir / "failed.json").write_text(json.dumps(failed, indent=2))
         sys.exit(f"error: {len(failed)} episode(s) failed (see {run_dir / 'failed.json'}); re-run the same command to retry them")
@@ -692,4 +688,4 @@ if __name__ == "__main__":
     try:
         main()
     except jail.HookError as e:
-        fail(e)
+        cli.fail(e)

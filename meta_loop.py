@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 
 import automem
+import cli
 import envs
 import eval as evaluation
 import jail
@@ -767,7 +768,7 @@ def main(argv=None):
     args, eval_argv = parse_args(argv)
     if args.report:
         if eval_argv:
-            evaluation.fail(f"--report takes only --env, --runs-dir and --scaffolds-dir, not {' '.join(eval_argv)}")
+            cli.fail(f"--report takes only --env, --runs-dir and --scaffolds-dir, not {' '.join(eval_argv)}")
         print(report(args.runs_dir, args.scaffolds_dir, args.env))
         return
     try:
@@ -776,7 +777,7 @@ def main(argv=None):
         print(f"loop {run_dir}: {args.iterations} iterations")
         run_loop(config, run_dir, args.iterations)
     except (ValueError, FileNotFoundError, llm.BackendError, jail.JailError) as e:
-        evaluation.fail(e)
+        cli.fail(e)
     print(report(args.runs_dir, config["scaffolds_dir"], config["env"]))
 
 

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import automem
-import eval as evaluation
+import cli
 import jail
 import llm
 import memory_fs
@@ -883,7 +883,7 @@ def main(argv=None):
     try:
         {"data": cmd_data, "sft": cmd_sft, "gguf": cmd_gguf, "engine": cmd_engine}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:
-        evaluation.fail(e)
+        cli.fail(e)
 
 
 if __name__ == "__main__":
