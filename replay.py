@@ -273,7 +273,7 @@ def write_replay(trace, out=None, vs=None, frames=False):
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace", help="runs/<name>/traces/<env>/<task>__NN.jsonl")
     p.add_argument("--vs", help="a second trace, shown beside the first in lockstep")
     p.add_argument("--out", help="HTML file (default: the trace's path with .html)")
@@ -282,9 +282,9 @@ def main(argv=None):
     try:
         for path in [args.trace] + ([args.vs] if args.vs else []):
             if not Path(path).is_file():
-                raise FileNotFoundError(f"no trace at {path}: pass runs/<name>/traces/<env>/<task>__NN.jsonl")
+                raise ValueError(f"no trace at {path}: pass runs/<name>/traces/<env>/<task>__NN.jsonl")
         print(write_replay(args.trace, args.out, args.vs, args.frames))
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:  # bad input: the trace, its frames
         cli.fail(e)
 
 

@@ -200,10 +200,11 @@ def table_rows(runs, paper=False):
     return sorted(rows, key=row_order)
 
 
-def cell_text(c):
+def cell_text(c, latex=False):
+    """mean ± s.e. (LaTeX: in math mode), "(done/expected)" after an unfinished run's cell."""
     if c is None:
-        return "–"
-    text = f"{c['mean']:.2f} ± {c['se']:.2f}"
+        return "--" if latex else "–"
+    text = f"${c['mean']:.2f} \\pm {c['se']:.2f}$" if latex else f"{c['mean']:.2f} ± {c['se']:.2f}"
     return text + (f" ({c['n']}/{c['expected']})" if c["expected"] and c["n"] < c["expected"] else "")
 
 
@@ -250,19 +251,12 @@ def table_latex(rows):
     """The progression table as a LaTeX tabular (needs \\usepackage{booktabs}): mean $\\pm$ s.e. per env, the paper's
     rows in italics, "(done/expected)" after an unfinished run's cell."""
     envs = [e for e in ENVS if any(e in r["cells"] for r in rows)]
-
-    def cell(c):
-        if c is None:
-            return "--"
-        text = f"${c['mean']:.2f} \\pm {c['se']:.2f}$"
-        return text + (f" ({c['n']}/{c['expected']})" if c["expected"] and c["n"] < c["expected"] else "")
-
     lines = [r"\begin{tabular}{ll" + "r" * len(envs) + "}", r"\toprule",
              " & ".join(["Agent", "Model"] + [ENV_TITLES[e] for e in envs]) + r" \\", r"\midrule"]
     for r in rows:
         names = [latex_escape(r["label"]), latex_escape(r["model"])]
         names = [rf"\textit{{{n}}}" for n in names] if r["paper"] else names
-        lines.append(" & ".join(names + [cell(r["cells"].get(e)) for e in envs]) + r" \\")
+        lines.append(" & ".join(names + [cell_text(r["cells"].get(e), latex=True) for e in envs]) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 

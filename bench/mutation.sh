@@ -23,7 +23,7 @@ AREAS=(  # "file|pytest arguments" (in a -k expression, _or_ stands for " or ")
     "envs.py|tests/test_envs.py"
     "eval.py|tests/test_eval.py tests/test_reliability.py -k seed_or_resume_skips_or_bad_input_or_changed_config_or_damage_or_half_done"
     "meta_loop.py|tests/test_meta_loop.py -k loop_accepts_or_margin"
-    "report.py|tests/test_report.py -k escapes_or_planted"
+    "replay.py|tests/test_replay.py -k escapes_or_planted"
 )
 python3 -c "import mutmut" 2>/dev/null || { echo "error: mutmut is not installed: pip install mutmut==3.8.1"; exit 2; }
 ONLY=" ${*:2} "
@@ -39,7 +39,7 @@ for area in "${AREAS[@]}"; do
         echo "[mutmut]"
         echo "source_paths = $file"
         echo "also_copy ="
-        for f in pytest.ini *.py data scaffolds seeds.txt; do [ "$f" = "$file" ] || echo "    $f"; done
+        for f in pytest.ini *.py data scaffolds templates seeds.txt; do [ "$f" = "$file" ] || echo "    $f"; done
         echo "pytest_add_cli_args_test_selection ="
         for arg in $tests; do echo "    ${arg//_or_/ or }"; done
         echo "pytest_add_cli_args ="

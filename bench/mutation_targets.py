@@ -37,8 +37,8 @@ TARGETS = {
     "eval.x_run": r"\btodo = ",
     # meta_loop.py: the acceptance rule
     "meta_loop.x_run_iteration": r'score\["mean"\] >',
-    # report.py: the replay page's title, the one text written into its HTML
-    "report.x_write_replay": r'"\{\{title\}\}"',
+    # replay.py: the escaping of the replay page's title, the one text written into its HTML
+    "replay.x_write_replay": r"autoescape",
 }
 KILLED = ("killed", "timeout")
 
