@@ -732,19 +732,19 @@ def made_by(meta):
 
 def report(runs_dir, scaffolds_dir, env=None):
     """Markdown: the versions of each env with their lineage, then every loop run's candidates and verdicts."""
-    cell = lambda text: text.replace("|", "\\|")
     out = []
     for env_name in [env] if env else envs.ENVS:
         found = versions(Path(scaffolds_dir) / env_name)
         if not found:
             continue
-        out += [f"## {env_name}: versions in {rel(Path(scaffolds_dir) / env_name)}", "",
-                "| version | parent | progression % | parent's % | made by | rationale |", "| --- | --- | --- | --- | --- | --- |"]
+        rows = []
         for _, d in sorted(found.items()):
             meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else None
-            out.append(f"| {d.name} | {meta['parent']} | {score_text(meta['score'])} | {score_text(meta['parent_score'])} | "
-                       f"{made_by(meta)} | {cell(line(meta['rationale'], 120))} |" if meta else
-                       f"| {d.name} | - | - | - | hand-written | |")
+            rows.append([d.name, meta["parent"], score_text(meta["score"]), score_text(meta["parent_score"]),
+                         made_by(meta), line(meta["rationale"], 120)] if meta else
+                        [d.name, "-", "-", "-", "hand-written", ""])
+        out += [f"## {env_name}: versions in {rel(Path(scaffolds_dir) / env_name)}", "",
+                cli.markdown_table(["version", "parent", "progression %", "parent's %", "made by", "rationale"], rows)]
         for state_path in sorted(Path(runs_dir).glob("*/state.json")):
             config_path = state_path.parent / "config.json"
             config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -752,14 +752,14 @@ def report(runs_dir, scaffolds_dir, env=None):
                 continue
             state = json.loads(state_path.read_text())
             start = state["start"]
+            rows = [["start", start["version"], "-", score_text(start["score"]), "-", "incumbent", "evaluated first"]]
+            rows += [[f"iter{it['iteration']}", it["version"] or "-", it["parent"], score_text(it["score"]),
+                      score_text(it["parent_score"]), f"{it['verdict']} ({it['stage']})", line(it["reason"], 200)]
+                     for it in state["iterations"]]
             out += ["", f"### loop {state_path.parent.name} (meta-LLM {config['meta']['backend']} "
                         f"{model_tag(config['meta']['model'])}): incumbent now {state['incumbent']['version']}", "",
-                    "| candidate | version | parent | progression % | parent's % | verdict | why |",
-                    "| --- | --- | --- | --- | --- | --- | --- |",
-                    f"| start | {start['version']} | - | {score_text(start['score'])} | - | incumbent | evaluated first |"]
-            out += [f"| iter{it['iteration']} | {it['version'] or '-'} | {it['parent']} | {score_text(it['score'])} | "
-                    f"{score_text(it['parent_score'])} | {it['verdict']} ({it['stage']}) | {cell(line(it['reason'], 200))} |"
-                    for it in state["iterations"]]
+                    cli.markdown_table(["candidate", "version", "parent", "progression %", "parent's %", "verdict", "why"],
+                                       rows)]
         out.append("")
     return "\n".join(out) if out else f"no scaffold versions under {scaffolds_dir}"
 
