@@ -41,6 +41,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -70,6 +71,7 @@ BOUNDS = {  # what a recipe may set: (type, low, high)
     "max_len": (int, 128, 131072), "warmup": (float, 0.0, 0.5), "targets": (str, None, None),
 }
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ZERO3 = ROOT / "configs" / "ds_zero3.json"  # the authors' 2-GPU setting: bf16 LoRA, DeepSpeed ZeRO-3
 
 
 # ----------------------------------------------------------------------------- data engine
@@ -353,31 +355,14 @@ def read_jsonl(path):
     return rows
 
 
-def tokenize(tok, messages, max_len):
-    """input_ids and labels for one chat; labels are -100 except on the last assistant reply
-    (with its end-of-turn tokens). The prompt is tokenized on its own, as at inference. None if too long."""
-    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template renders the prompt differently once the reply is appended; "
-                         "use a model whose template only appends the assistant turn")
-    p = tok(prompt, add_special_tokens=False).input_ids
-    c = tok(full[len(prompt):], add_special_tokens=False).input_ids
-    if len(p) + len(c) > max_len:
-        return None
-    return {"input_ids": p + c, "labels": [-100] * len(p) + c}
-
-
-def collate(batch, pad_id):
-    import torch
-    n = max(len(b["input_ids"]) for b in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, b in enumerate(batch):
-        k = len(b["input_ids"])
-        ids[i, :k], labels[i, :k], mask[i, :k] = torch.as_tensor(b["input_ids"]), torch.as_tensor(b["labels"]), 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+def sft_dataset(tok, rows, max_len):
+    """The chats as TRL's conversational prompt-completion examples: SFTTrainer renders the prompt with the
+    generation prompt, as at inference, and puts the loss on the completion only (the last assistant message
+    with its end-of-turn tokens). Chats over max_len tokens are dropped, not truncated."""
+    import datasets
+    fits = [r["messages"] for r in rows
+            if len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) <= max_len]
+    return datasets.Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in fits])
 
 
 def load_base(model, qlora):
@@ -392,16 +377,39 @@ def load_base(model, qlora):
     return llm.load_hf(model, torch.bfloat16 if torch.cuda.is_available() else torch.float32, load_4bit=qlora)
 
 
-def add_lora(net, cfg, use_4bit):
-    """The peft model to train: LoRA on cfg's targets; a 4-bit base gets peft's k-bit preparation
-    (norms in fp32, gradient checkpointing)."""
+def lora_peft_config(cfg):
     import peft
-    if use_4bit:
-        net = peft.prepare_model_for_kbit_training(net, use_gradient_checkpointing=True,
-                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = {"attention": ATTENTION, "all-linear": "all-linear"}.get(cfg["targets"]) or cfg["targets"].split(",")
-    return peft.get_peft_model(net, peft.LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                                                    target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+    return peft.LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"], target_modules=targets,
+                           bias="none", task_type="CAUSAL_LM")
+
+
+def sft_trainer(rows, model, cfg, out_dir, use_4bit=False, deepspeed=None, max_steps=None, save_steps=25,
+                eval_examples=16, seed=0):
+    """(TRL SFTTrainer with LoRA on `model` over the chat rows, chats dropped as too long, max_len). A 4-bit base gets
+    TRL's QLoRA handling (adapter in bf16, gradient checkpointing); `deepspeed` is a DeepSpeed JSON config."""
+    import torch
+    import trl
+    cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", 1))  # processes started by accelerate launch / torchrun
+    if cfg["batch"] % (cfg["micro_batch"] * world):
+        raise ValueError(f"batch {cfg['batch']} must be a multiple of micro_batch {cfg['micro_batch']} x {world} processes")
+    args = trl.SFTConfig(  # before the model: under ZeRO-3 from_pretrained then loads it already partitioned
+        output_dir=str(out_dir), per_device_train_batch_size=cfg["micro_batch"], per_device_eval_batch_size=cfg["micro_batch"],
+        gradient_accumulation_steps=cfg["batch"] // (cfg["micro_batch"] * world), learning_rate=cfg["lr"],
+        num_train_epochs=cfg["epochs"], max_steps=max_steps or -1, lr_scheduler_type="cosine", logging_steps=1,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=2, report_to="none", seed=seed, bf16=cuda,
+        use_cpu=not cuda, gradient_checkpointing=cuda, deepspeed=deepspeed and str(deepspeed),
+        optim="paged_adamw_8bit" if use_4bit else "adamw_torch", max_length=None, completion_only_loss=True)
+    tok, net = load_base(model, use_4bit)
+    max_len = min(cfg["max_len"], getattr(net.config, "max_position_embeddings", cfg["max_len"]))
+    data = sft_dataset(tok, rows, max_len)
+    if not len(data):
+        raise ValueError(f"all {len(rows)} examples are longer than max_len {max_len} tokens: raise --max-len")
+    args.warmup_steps = math.ceil(cfg["warmup"] * (max_steps or math.ceil(math.ceil(len(data) / cfg["batch"]) * cfg["epochs"])))
+    trainer = trl.SFTTrainer(model=net, args=args, train_dataset=data, processing_class=tok, peft_config=lora_peft_config(cfg),
+                             eval_dataset=data.select(range(min(max(1, eval_examples), len(data)))))
+    return trainer, len(rows) - len(data), max_len
 
 
 def run_id(cfg, data_sha):
@@ -409,12 +417,13 @@ def run_id(cfg, data_sha):
 
 
 def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_steps=25, eval_examples=16,
-          qlora="auto", seed=0, resume=None):
-    """LoRA SFT of `model` on the chat JSONL `data`; the adapter and card.json land in `out`. Returns the card."""
-    import numpy as np
+          qlora="auto", seed=0, resume=None, deepspeed=None):
+    """LoRA SFT of `model` on the chat JSONL `data`; the adapter and card.json land in `out`. Returns the card.
+    Under accelerate launch every process runs this; the main one writes the files."""
     import peft
     import torch
     import transformers
+    import trl
     from transformers.trainer_utils import get_last_checkpoint
     model = str(model or llm_default_model())
     rows = read_jsonl(data)
@@ -424,11 +433,20 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
         raise ValueError(f"pick the LoRA priors with --env {'|'.join(PRIORS)} (data holds {envs_in_data or 'no env'})")
     cfg = lora_config(env, overrides or {})
     cuda = torch.cuda.is_available()
+    deepspeed = deepspeed or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")  # an accelerate config naming a DeepSpeed file
     if qlora == "on" and not cuda:
         raise ValueError("--qlora on needs a CUDA GPU: pass --qlora off (fp32 LoRA on CPU)")
-    use_4bit = qlora == "on" or (qlora == "auto" and cuda and not model.endswith(".gguf"))
+    world = int(os.environ.get("WORLD_SIZE", 1))  # processes started by accelerate launch / torchrun
+    several = bool(deepspeed) or world > 1
+    if several and (qlora == "on" or not cuda):
+        raise ValueError("several GPUs (accelerate launch, --zero3, --deepspeed) train bf16 LoRA on CUDA: drop --qlora on")
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("--zero3/--deepspeed need DeepSpeed: pip install deepspeed")
+    use_4bit = qlora == "on" or (qlora == "auto" and cuda and not several and not model.endswith(".gguf"))
     data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     settings = {**cfg, "env": env, "model": model, "max_steps": max_steps, "qlora": use_4bit, "seed": seed}
+    if several:  # single-process runs keep the run ids they had before these options
+        settings |= {"deepspeed": deepspeed and Path(deepspeed).name, "processes": world}
     rid = run_id(settings, data_sha)
     out = Path(out)
     ckpt_dir = out / "checkpoints"
@@ -440,51 +458,38 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     if marker.is_file() and json.loads(marker.read_text())["run_id"] != rid:
         raise ValueError(f"{out} holds checkpoints of a different training run (other data or config): "
                          f"pass another --out or delete {out}")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"run_id": rid, **settings, "data_sha256": data_sha}, indent=1))
+    main = int(os.environ.get("RANK", 0)) == 0
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"run_id": rid, **settings, "data_sha256": data_sha}, indent=1))
 
     t0 = time.time()
-    tok, net = load_base(model, use_4bit)
-    max_len = min(cfg["max_len"], getattr(net.config, "max_position_embeddings", cfg["max_len"]))
-    examples = [tokenize(tok, r["messages"], max_len) for r in rows]
-    dropped = sum(e is None for e in examples)
-    examples = [{k: np.asarray(v, dtype=np.int32) for k, v in e.items()} for e in examples if e is not None]  # compact
-    if not examples:
-        raise ValueError(f"all {len(rows)} examples are longer than max_len {max_len} tokens: raise --max-len")
-    net = add_lora(net, cfg, use_4bit)
-    accum = cfg["batch"] // cfg["micro_batch"]
-    total = max_steps or math.ceil(math.ceil(len(examples) / cfg["batch"]) * cfg["epochs"])
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    targs = transformers.TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg["micro_batch"], per_device_eval_batch_size=cfg["micro_batch"],
-        gradient_accumulation_steps=accum, learning_rate=cfg["lr"], num_train_epochs=cfg["epochs"],
-        max_steps=max_steps or -1, lr_scheduler_type="cosine", warmup_steps=math.ceil(cfg["warmup"] * total),
-        weight_decay=0.0, logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-        report_to=[], seed=seed, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None,
-        optim="paged_adamw_8bit" if use_4bit else "adamw_torch", remove_unused_columns=False,
-        label_names=["labels"], dataloader_num_workers=0)
-    trainer = transformers.Trainer(model=net, args=targs, train_dataset=examples, eval_dataset=examples[:max(1, eval_examples)],
-                                   data_collator=lambda b: collate(b, pad_id))
+    trainer, dropped, max_len = sft_trainer(rows, model, cfg, ckpt_dir, use_4bit, deepspeed, max_steps, save_steps,
+                                            eval_examples, seed)
+    examples = len(trainer.train_dataset)
     loss_before = trainer.evaluate()["eval_loss"]
     resume = resume or get_last_checkpoint(str(ckpt_dir))
-    if resume:
+    if resume and main:
         print(f"sft: resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     loss_after = trainer.evaluate()["eval_loss"]
-    net.peft_config["default"].base_model_name_or_path = model  # what llm.py loads it onto
-    net.save_pretrained(str(out))
+    trainer.model.peft_config["default"].base_model_name_or_path = model  # what llm.py loads it onto
+    trainer.save_model(str(out))  # the adapter (gathered from all processes under ZeRO-3)
+    if not main:
+        return None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     card = {
         "run_id": rid, "base_model": model, "env": env, "config": cfg, "qlora": use_4bit, "device": "cuda" if cuda else "cpu",
-        "max_steps": max_steps, "seed": seed, "data": str(data), "data_sha256": data_sha, "examples": len(examples),
+        "deepspeed": deepspeed and str(deepspeed), "processes": world,
+        "max_steps": max_steps, "seed": seed, "data": str(data), "data_sha256": data_sha, "examples": examples,
         "dropped_over_max_len": dropped, "max_len": max_len,
         "data_summary": json.loads(summary_path(data).read_text()) if summary_path(data).is_file() else None,
         "steps": trainer.state.global_step, "resumed_from": resume and str(resume),
-        "eval_examples": min(eval_examples, len(examples)), "loss_before": loss_before, "loss_after": loss_after,
+        "eval_examples": min(eval_examples, examples), "loss_before": loss_before, "loss_after": loss_after,
         "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+        "train_losses": losses, "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None,
         "seconds": round(time.time() - t0, 1),
-        "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft)},
+        "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft, trl)},
     }
     if model.endswith(".gguf"):
         try:
@@ -494,13 +499,13 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
             print(f"sft: no llama.cpp adapter ({e})")
     (out / "README.md").write_text(  # in place of peft's blank model card
         f"# AutoMem memory specialist ({env})\n\nLoRA adapter for `{model}`, trained by `train_lora.py sft` on "
-        f"{len(examples)} examples of `{data}` (sha256 {data_sha[:16]}...), {card['steps']} optimizer steps; "
+        f"{examples} examples of `{data}` (sha256 {data_sha[:16]}...), {card['steps']} optimizer steps; "
         f"loss {loss_before:.4f} -> {loss_after:.4f}.\n\nConfig: `{json.dumps(cfg)}`\n\n"
         f"Use: `python eval.py --env {env} --backend transformers --model {model} --memory-adapter {out}`"
         + (f" or, with llama.cpp, `--memory-adapter {card['gguf']}`" if card.get("gguf") else "") + ".\n"
         "Everything else is in card.json.\n")
     card_path.write_text(json.dumps(card, indent=1))  # written last: its presence marks a finished run
-    print(f"sft: {len(examples)} examples ({dropped} over {max_len} tokens dropped), {card['steps']} steps, "
+    print(f"sft: {examples} examples ({dropped} over {max_len} tokens dropped), {card['steps']} steps, "
           f"loss {loss_before:.4f} -> {loss_after:.4f} on {card['eval_examples']} examples, {card['seconds']} s -> {out}")
     return card
 
@@ -514,7 +519,8 @@ def llm_default_model():
 def cmd_sft(args):
     overrides = {k: getattr(args, k) for k in BOUNDS if getattr(args, k) is not None}  # the --<key> flags
     train(args.data, args.out, args.model, args.env, overrides, max_steps=args.max_steps, save_steps=args.save_steps,
-          eval_examples=args.eval_examples, qlora=args.qlora, seed=args.seed, resume=args.resume)
+          eval_examples=args.eval_examples, qlora=args.qlora, seed=args.seed, resume=args.resume,
+          deepspeed=args.deepspeed or (ZERO3 if args.zero3 else None))
 
 
 # ----------------------------------------------------------------------------- GGUF LoRA (llama.cpp)
@@ -847,6 +853,9 @@ def parse_args(argv=None):
     s.add_argument("--qlora", choices=["auto", "on", "off"], default="auto", help="auto: 4-bit nf4 on CUDA (not for GGUF bases)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", help="checkpoint folder to resume from (default: the latest in OUT/checkpoints)")
+    s.add_argument("--zero3", action="store_true", help="the authors' multi-GPU recipe, bf16 LoRA under DeepSpeed ZeRO-3 "
+                   f"({ZERO3.relative_to(ROOT)}): accelerate launch --config_file configs/accelerate_zero3.yaml train_lora.py sft ...")
+    s.add_argument("--deepspeed", help="a DeepSpeed JSON config instead (bf16 LoRA; --zero3 is --deepspeed configs/ds_zero3.json)")
 
     g = sub.add_parser("gguf", help="peft LoRA -> llama.cpp LoRA GGUF")
     g.add_argument("--adapter", required=True)

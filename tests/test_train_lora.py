@@ -221,17 +221,26 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-def test_tokenize_masks_the_prompt(tiny_model, data_file):
+def test_loss_only_on_the_last_assistant_message(tiny_model, data_file, tmp_path):
+    """What SFTTrainer trains on: labels -100 everywhere but on the last assistant message and its end-of-turn
+    tokens, after the prompt as the model sees it at inference (earlier assistant turns are prompt too)."""
     import transformers
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
-    messages = json.loads(data_file.read_text().splitlines()[-1])["messages"]
-    ex = train_lora.tokenize(tok, messages, 4096)
-    n_prompt = ex["labels"].index(next(x for x in ex["labels"] if x != -100))
-    assert all(x == -100 for x in ex["labels"][:n_prompt]) and ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
-    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    assert tok.decode(ex["input_ids"][:n_prompt]) == prompt
-    assert tok.decode(ex["labels"][n_prompt:]).startswith(messages[-1]["content"] + "<|im_end|>")
-    assert train_lora.tokenize(tok, messages, 10) is None  # over the cutoff: dropped, not truncated
+    rows = train_lora.read_jsonl(data_file)
+    assert any(sum(m["role"] == "assistant" for m in r["messages"]) == 2 for r in rows)  # LOG turn 2 follows turn 1
+    cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "batch": 2, "micro_batch": 2})
+    trainer, dropped, _ = train_lora.sft_trainer(rows, tiny_model, cfg, tmp_path)
+    assert dropped == 0 and len(trainer.train_dataset) == len(rows)
+    for row, ex in zip(rows, trainer.train_dataset):
+        ids, labels = ex["input_ids"], ex["labels"]
+        n_prompt = next(i for i, x in enumerate(labels) if x != -100)
+        assert labels[n_prompt:] == ids[n_prompt:]
+        assert tok.decode(ids[:n_prompt]) == tok.apply_chat_template(row["messages"][:-1], tokenize=False,
+                                                                       add_generation_prompt=True)
+        assert tok.decode(ids[n_prompt:]) == row["messages"][-1]["content"] + "<|im_end|>\n"
+    batch = next(iter(trainer.get_train_dataloader()))  # padded to the longer of two: padding is no target either
+    assert batch["input_ids"].shape[0] == 2 and not (batch["labels"] != -100)[batch["attention_mask"] == 0].any()
+    assert len(train_lora.sft_dataset(tok, rows, 10)) == 0  # over the cutoff: dropped, not truncated
 
 
 @pytest.fixture(scope="module")
