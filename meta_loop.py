@@ -36,10 +36,12 @@ eval/, verdict.json). A rejected candidate costs one iteration; the loop goes on
 authors' loop (up to 3 attempts per iteration, nothing validated before evaluation), an
 iteration here is one candidate, and invalid ones never reach evaluation.
 
-Run directory runs/meta-<env>-<start>-<agent model>-<meta model>[-quick]/: config.json, state.json
-(incumbent, every finished iteration), evals/<start>/ (the first incumbent's eval.py run),
-candidates/iterK/. Re-running the same command continues: finished iterations are kept, the meta
-reply of an unfinished one is reused (reply.txt), its validation re-runs and its evaluation resumes.
+Run directory runs/meta-<env>-<start>-<agent model>-<meta model>[-quick]/, laid out, written and
+resumed by loop.py (the machinery loop 2's engine shares): config.json, state.json (incumbent, every
+finished iteration), evals/<start>/ (the first incumbent's eval.py run), candidates/iterK/.
+Re-running the same command continues: finished iterations are kept, the meta reply of an
+unfinished one is reused (reply.txt), its validation re-runs and its evaluation resumes.
+The meta-LLM is an llm.py backend (claude-cli: a Claude Code session that may read the loop's traces).
 Errors that are not the candidate's (meta-LLM or agent model unreachable) stop the loop; re-run.
 
 Hook policy (what a revision's hooks.py may do):
@@ -57,8 +59,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -68,18 +68,18 @@ import envs
 import eval as evaluation
 import jail
 import llm
+import loop
 import metrics
 from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
+from loop import clip, line, model_tag, rel, score_text, write_json
 
 ROOT = Path(__file__).resolve().parent
-META_BACKENDS = [b for b in llm.BACKENDS if b != "scripted"] + ["anthropic", "claude-cli"]
 META_BUDGET = 60_000       # characters of meta-LLM input (about 15k tokens)
 META_MAX_TOKENS = 8192     # tokens of its reply (whole files)
 QUICK = {"meta_budget": 16_000, "meta_max_tokens": 2048}  # --quick: fits the embedded model's 8192-token context
 MIN_EPISODE_CHARS = 1500   # digest: at least this much per episode shown
 EVENTS_SHOWN = 5           # digest: examples per kind of event per episode
 STUCK_MIN = 3              # digest: report stretches of at least this many steps without a new game state
-CLAUDE_TURNS = 100         # claude-cli: agentic turns (it may read the full traces with Read/Grep/Glob)
 
 HOOK_SECONDS = 2.0         # one hook call in validation (the jail kills its worker past it)
 MAX_HOOK_TEXT = 20_000     # characters one hook call may return
@@ -94,7 +94,6 @@ STATE_KEYS = {  # what ctx.obs.state holds, per env (see envs.py)
                 '"depth", "hunger", ...}, "message": str}',
 }
 STATE_KEYS["nethack"] = STATE_KEYS["minihack"]
-META = {}  # loaded meta-LLM backends; tests put a scripted one at META["llm"]
 
 
 # ----------------------------------------------------------------------------- arguments and run directory
@@ -106,17 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--env", help=", ".join(envs.ENVS))
     p.add_argument("--iterations", type=int, default=5, help="candidates to try in total (default %(default)s, as the paper)")
     p.add_argument("--scaffold", help="starting incumbent (default scaffolds/<env>/v0)")
-    p.add_argument("--meta-backend", default="llamacpp", choices=META_BACKENDS)
-    p.add_argument("--meta-model", help="llamacpp: GGUF path (default: embedded SmolLM2); openai/anthropic: model "
-                                        "name; claude-cli: model alias (default opus)")
-    p.add_argument("--meta-base-url", help="openai meta backend: server URL")
-    p.add_argument("--meta-max-tokens", type=int, help=f"reply tokens of the meta-LLM (default {META_MAX_TOKENS})")
-    p.add_argument("--meta-temperature", type=float, default=1.0, help="default %(default)s")
-    p.add_argument("--meta-seed", type=int, default=0, help="iteration K samples with seed meta-seed + K (default %(default)s)")
-    p.add_argument("--meta-n-ctx", type=int, default=llm.N_CTX, help="llamacpp meta backend: context tokens (default %(default)s)")
+    loop.add_meta_args(p, META_MAX_TOKENS)
     p.add_argument("--meta-budget", type=int, help=f"characters of meta-LLM input (default {META_BUDGET}, about 4 "
                                                    "per token); the trace digest gets what the rest leaves")
-    p.add_argument("--meta-timeout", type=float, default=3600, help="seconds for one anthropic/claude-cli call (default %(default)s)")
     p.add_argument("--min-margin", type=float, default=0.0, help="accept iff mean progression (%%) > incumbent's + this (default %(default)s)")
     p.add_argument("--validate-timeout", type=float, default=180, help="seconds for the validation subprocess (default %(default)s)")
     p.add_argument("--scaffolds-dir", default=str(ROOT / "scaffolds"), help="where versions live: <dir>/<env>/vN")
@@ -125,10 +116,6 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"tiny settings for eval.py (its --quick) and the meta-LLM {QUICK}")
     p.add_argument("--report", action="store_true", help="print the version history and every candidate's verdict")
     return p.parse_known_args(argv)
-
-
-def model_tag(model):
-    return Path(str(model)).name.removesuffix(".gguf")
 
 
 def make_config(args, eval_argv):
@@ -140,57 +127,23 @@ def make_config(args, eval_argv):
             raise ValueError(f"{flag} is set by meta_loop.py (the loop evaluates memory-agent scaffolds in its run folder)")
     agent = evaluation.parse_args(eval_argv + (["--quick"] if args.quick else []))  # exits on a bad eval flag
     agent_model = agent.model or (llm.DEFAULT_MODEL if agent.backend in ("llamacpp", "transformers") else agent.backend)
-    meta_model = args.meta_model or {"llamacpp": llm.DEFAULT_MODEL, "transformers": llm.DEFAULT_MODEL,
-                                     "claude-cli": "opus"}.get(args.meta_backend)
-    if meta_model is None:
-        raise ValueError(f"--meta-backend {args.meta_backend} needs --meta-model")
+    quick = QUICK if args.quick else {}
+    meta = loop.meta_config(args, quick.get("meta_max_tokens") or META_MAX_TOKENS)
     usable, why = jail.available()
     if not usable:
         raise ValueError(f"the hook jail does not work here ({why}): candidates' hooks.py run only in it")
     start = Path(args.scaffold or Path(args.scaffolds_dir) / args.env / "v0").resolve()
     if automem.load_scaffold(start)["env"] != args.env:  # the starting incumbent is trusted code (v0 or an accepted version)
         raise ValueError(f"scaffold {start} is not a {args.env} scaffold")
-    quick = QUICK if args.quick else {}
-    name = "-".join(["meta", args.env, start.name, model_tag(agent_model), model_tag(meta_model)]
+    name = "-".join(["meta", args.env, start.name, model_tag(agent_model), model_tag(meta["model"])]
                     + (["quick"] if args.quick else []))
     return {
         "run_name": args.run_name or name, "env": args.env, "start": str(start),
         "scaffolds_dir": str(Path(args.scaffolds_dir).resolve()),
         "eval_argv": eval_argv + (["--quick"] if args.quick else []),
-        "meta": {"backend": args.meta_backend, "model": str(meta_model), "base_url": args.meta_base_url,
-                 "max_tokens": args.meta_max_tokens or quick.get("meta_max_tokens") or META_MAX_TOKENS,
-                 "budget": args.meta_budget or quick.get("meta_budget") or META_BUDGET,
-                 "temperature": args.meta_temperature, "seed": args.meta_seed, "n_ctx": args.meta_n_ctx,
-                 "timeout": args.meta_timeout},
+        "meta": {**meta, "budget": args.meta_budget or quick.get("meta_budget") or META_BUDGET},
         "min_margin": args.min_margin, "validate_timeout": args.validate_timeout,
     }
-
-
-def prepare_run_dir(config, runs_dir):
-    """Create runs/<name>/ or check that an existing one holds the same loop (then continue it)."""
-    run_dir = Path(runs_dir) / config["run_name"]
-    path = run_dir / "config.json"
-    if path.is_file():
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("started", "command")}
-        if old != config:
-            changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise ValueError(f"{run_dir} holds a different loop ({', '.join(changed)} differ); "
-                             f"pass another --run-name or delete that folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        write_json(path, {**config, "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return run_dir
-
-
-def write_json(path, obj):
-    """Write atomically: a killed loop leaves the old file or the new one, never half of one."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    tmp.replace(path)
-
-
-def rel(path):
-    return os.path.relpath(path, ROOT)
 
 
 def versions(env_dir):
@@ -200,23 +153,6 @@ def versions(env_dir):
         if re.fullmatch(r"v\d+", d.name) and d.is_dir():
             found[int(d.name[1:])] = d
     return found
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def evaluate(config, scaffold_dir, eval_dir):
-    """Run (or resume) eval.py on a scaffold; return its results for the env."""
-    eval_dir = Path(eval_dir)
-    evaluation.main(config["eval_argv"] + ["--env", config["env"], "--scaffold", str(scaffold_dir),
-                                           "--runs-dir", str(eval_dir.parent), "--run-name", eval_dir.name])
-    results = json.loads((eval_dir / "results.json").read_text())["envs"][config["env"]]
-    if results["episodes"] < results["expected_episodes"]:
-        raise ValueError(f"{eval_dir}: {results['episodes']} of {results['expected_episodes']} episodes finished")
-    return {**results, "hash": json.loads((eval_dir / "config.json").read_text())["scaffolds"][config["env"]]["hash"]}
-
-
-def score_text(score):
-    return f"{score['mean']:.2f} ± {score['se']:.2f}" if score else "-"
 
 
 # ----------------------------------------------------------------------------- the meta-LLM's input
@@ -330,15 +266,6 @@ def history_text(state):
     return "\n".join(lines) + "\n"
 
 
-def clip(text, n):
-    return text if len(text) <= n else text[:max(0, n - 14)] + " [... cut ...]"
-
-
-def line(text, n):
-    """`text` as one line of at most n characters."""
-    return clip(" ".join(str(text).split()), n)
-
-
 def trace_digest(eval_dir, budget):
     """What went wrong in the episodes, lowest progression first, cut to `budget` characters."""
     if budget < 200:
@@ -434,59 +361,6 @@ def step_verbatim(header, t, s):
         lines.append(f"  {routine.upper()} reply: {line(call['reply'], 300)!r}")
     lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- the meta-LLM
-
-def ask_meta(meta, prompt, seed, cwd, read_dirs=()):
-    """The meta-LLM's reply to one prompt. Raises llm.BackendError when the call fails (the loop stops)."""
-    if meta["backend"] == "claude-cli":  # the authors' setting: an agentic Claude Code session, read-only tools here
-        if shutil.which("claude") is None:
-            raise ValueError("--meta-backend claude-cli: no `claude` on PATH; install Claude Code "
-                             "(npm install -g @anthropic-ai/claude-code) or pick another --meta-backend")
-        cmd = ["claude", "-p", "Do the task given on standard input. Your final message must be the reply it asks for.",
-               "--model", meta["model"], "--output-format", "text", "--max-turns", str(CLAUDE_TURNS),
-               "--allowedTools", "Read", "Grep", "Glob"] + [a for d in read_dirs for a in ("--add-dir", str(d))]
-        try:
-            out = subprocess.run(cmd, input=prompt, capture_output=True, text=True, cwd=cwd, timeout=meta["timeout"])
-        except subprocess.TimeoutExpired:
-            raise llm.BackendError(f"claude -p gave no answer within {meta['timeout']} s") from None
-        if out.returncode:
-            raise llm.BackendError(f"claude -p exited with {out.returncode}: {out.stderr.strip()[-300:]}")
-        return out.stdout
-    if meta["backend"] == "anthropic":
-        try:
-            import anthropic
-        except ImportError:
-            raise ValueError("--meta-backend anthropic needs the official client: pip install anthropic "
-                             "(and set ANTHROPIC_API_KEY)") from None
-        try:
-            with anthropic.Anthropic(timeout=meta["timeout"]).messages.stream(
-                    model=meta["model"], max_tokens=meta["max_tokens"], temperature=meta["temperature"],
-                    messages=[{"role": "user", "content": prompt}]) as stream:
-                return stream.get_final_text()
-        except anthropic.APIError as e:
-            raise llm.BackendError(f"anthropic: {type(e).__name__}: {str(e)[:300]}") from None
-    if "llm" not in META:
-        META["llm"] = evaluation.load_backend({k: meta[k] for k in (
-            "backend", "model", "temperature", "seed", "max_tokens", "n_ctx", "base_url")})
-    return META["llm"].chat([{"role": "user", "content": prompt}], max_tokens=meta["max_tokens"], seed=seed).text
-
-
-FILE_BLOCK = re.compile(r"^```(?:[\w+-]+[ \t]+)?(scaffold\.yaml|hooks\.py)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-
-
-def parse_reply(text):
-    """({file name: text}, rationale) from the meta-LLM's reply; ValueError naming what is missing."""
-    files = {}
-    for name, body in FILE_BLOCK.findall(text):
-        if name in files:
-            raise ValueError(f"two {name} blocks: give each file once")
-        files[name] = body
-    if "scaffold.yaml" not in files:
-        raise ValueError("no ```yaml scaffold.yaml block (a fenced block whose first line names the file)")
-    rationale = FILE_BLOCK.sub("", text).strip()
-    return files, re.sub(r"^RATIONALE:\s*", "", rationale)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -592,47 +466,31 @@ def replay_request(eval_dir):
 
 # ----------------------------------------------------------------------------- the loop
 
+class Rejected(Exception):
+    """A candidate rejected before its evaluation: args (stage, reason)."""
+
+
 def run_loop(config, run_dir, iterations):
     """Evaluate the starting incumbent once, then run iterations until `iterations` are finished."""
-    state_path = run_dir / "state.json"
-    if state_path.is_file():
-        state = json.loads(state_path.read_text())
-    else:
-        start, eval_dir = Path(config["start"]), run_dir / "evals" / Path(config["start"]).name
-        results = evaluate(config, start, eval_dir)
+    start = Path(config["start"])
+    meta_llm = loop.load_meta(config["meta"], cwd=run_dir,  # a claude-cli session may read every version and trace
+                              read_dirs=[run_dir, Path(config["scaffolds_dir"]) / config["env"], start])
+
+    def first():
+        eval_dir = run_dir / "evals" / start.name
+        results = loop.evaluate(config["eval_argv"] + ["--scaffold", str(start)], config["env"], eval_dir)
         incumbent = {"version": start.name, "path": rel(start), "eval": rel(eval_dir), "score": results["progression"],
                      "results": results}
-        state = {"start": incumbent, "incumbent": incumbent, "iterations": []}
-        write_json(state_path, state)
-    while len(state["iterations"]) < iterations:
-        record = run_iteration(config, run_dir, state, len(state["iterations"]) + 1)
-        if record["verdict"] == "accepted":
-            state["incumbent"] = record.pop("incumbent")
-        state["iterations"].append(record)
-        write_json(state_path, state)
-        print(f"iter{record['iteration']}: {record['verdict']} ({record['stage']}): {record['reason']}")
-    return state
+        return {"start": incumbent, "incumbent": incumbent}
+    return loop.run(run_dir, iterations, first, lambda state, k, it_dir: run_iteration(config, state, k, it_dir, meta_llm))
 
 
-def run_iteration(config, run_dir, state, k):
+def run_iteration(config, state, k, it_dir, meta_llm):
     """Propose, validate, evaluate and judge candidate k; return its record (verdict, reason, scores)."""
     env, inc = config["env"], state["incumbent"]
     env_dir = Path(config["scaffolds_dir"]) / env
-    it_dir = run_dir / "candidates" / f"iter{k}"
-    it_dir.mkdir(parents=True, exist_ok=True)
-    proposal_path = it_dir / "proposal.json"
-    if not proposal_path.is_file():  # else an interrupted iteration: its reply is reused, the rest re-runs
-        prompt = build_prompt(config, state)
-        (it_dir / "prompt.txt").write_text(prompt)
-        meta = config["meta"]
-        print(f"iter{k}: asking the meta-LLM ({meta['backend']} {model_tag(meta['model'])}; {len(prompt)} characters in)")
-        t0 = time.time()
-        reply = ask_meta(meta, prompt, meta["seed"] + k, it_dir, [ROOT / inc["eval"], ROOT / inc["path"]])
-        (it_dir / "reply.txt").write_text(reply)
-        write_json(proposal_path, {"name": f"{env}-v{max(versions(env_dir), default=0) + 1}",  # the version it may become
-                                   "prompt_chars": len(prompt), "reply_chars": len(reply),
-                                   "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-    proposal = json.loads(proposal_path.read_text())
+    reply, proposal = loop.ask(meta_llm, it_dir, config["meta"]["seed"] + k, lambda: build_prompt(config, state),
+                               {"name": f"{env}-v{max(versions(env_dir), default=0) + 1}"})  # the version it may become
     record = {"iteration": k, "parent": inc["version"], "parent_path": inc["path"], "parent_score": inc["score"],
               "score": None, "version": None, "rationale": "", "date": proposal["date"]}
 
@@ -642,38 +500,20 @@ def run_iteration(config, run_dir, state, k):
         return record
 
     try:
-        files, record["rationale"] = parse_reply((it_dir / "reply.txt").read_text())
+        files, record["rationale"] = loop.parse_files(reply, ("scaffold.yaml", "hooks.py"), required=["scaffold.yaml"])
     except ValueError as e:
         return reject("parse", str(e))
     cand = it_dir / "scaffold"
-    shutil.rmtree(cand, ignore_errors=True)
-    cand.mkdir()
-    yaml_text = re.sub(r"(?m)^name:.*$", f"name: {proposal['name']}", files["scaffold.yaml"], count=1)
-    inc_dir = ROOT / inc["path"]
-    inc_files = {n: (inc_dir / n).read_text() for n in ("scaffold.yaml", "hooks.py") if (inc_dir / n).is_file()}
-    hooks = files.get("hooks.py", inc_files.get("hooks.py"))  # no hooks.py block: the incumbent's stays
-    unnamed = lambda text: re.sub(TRUSTED_LINE, "", re.sub(r"(?m)^name:.*$", "", text, count=1))
-    if unnamed(yaml_text) == unnamed(inc_files["scaffold.yaml"]) and hooks == inc_files.get("hooks.py"):
-        return reject("parse", "no change: the files are the incumbent's")
-    (cand / "scaffold.yaml").write_text(re.sub(TRUSTED_LINE, "", yaml_text).rstrip("\n") + "\n" + UNTRUSTED)
     try:
-        check_schema(cand, env)  # before hooks.py exists, so loading imports no model code
-        if automem.load_scaffold(cand).get("trusted") is not False:
-            raise ValueError(f"scaffold.yaml sets trusted itself: the loop writes {UNTRUSTED.strip()}")
-    except Exception as e:  # a ValueError naming the problem, or whatever a malformed shape raised
-        return reject("schema", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
-    if hooks is not None:
-        try:
-            check_source(hooks)
-        except ValueError as e:
-            return reject("static check", str(e))
-        (cand / "hooks.py").write_text(hooks)
+        write_candidate(files, proposal["name"], ROOT / inc["path"], cand, env)
+    except Rejected as e:
+        return reject(*e.args)
     try:
         validate_hooks(cand, it_dir / "sandbox", env, replay_request(ROOT / inc["eval"]), config["validate_timeout"])
     except ValueError as e:
         return reject("sandbox", str(e))
-    try:
-        results = evaluate(config, cand, it_dir / "eval")  # SystemExit (the agent's model failed) stops the loop
+    try:  # SystemExit (the agent's model failed) stops the loop
+        results = loop.evaluate(config["eval_argv"] + ["--scaffold", str(cand)], env, it_dir / "eval")
     except jail.JailError:
         raise  # the machine's fault, not the candidate's: stop the loop
     except Exception as e:  # e.g. a hook that failed in a state the validation did not reach
@@ -682,19 +522,50 @@ def run_iteration(config, run_dir, state, k):
     margin = config["min_margin"]
     if not score["mean"] > inc["score"]["mean"] + margin:
         return reject("score", f"not better: {score['mean']:.2f} <= {inc['score']['mean']:.2f} (incumbent) + {margin:g}")
-    meta = {"name": proposal["name"], "hash": results["hash"], "parent": inc["version"], "parent_path": inc["path"],
-            "score": score, "parent_score": inc["score"],
-            "rule": f"mean progression > incumbent's + {margin:g} on the same seeds and settings",
-            "rationale": record["rationale"], "meta_model": {k: config["meta"][k] for k in ("backend", "model")},
-            "agent": json.loads((it_dir / "eval" / "config.json").read_text())["backend"],
-            "eval_argv": config["eval_argv"], "run": config["run_name"], "iteration": k,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    version = publish(cand, env_dir, meta)
+    version = publish(cand, env_dir, version_meta(config, proposal["name"], record, results, it_dir))
     record.update(verdict="accepted", stage="score", version=version.name,
                   reason=f"better: {score['mean']:.2f} > {inc['score']['mean']:.2f} (incumbent) + {margin:g}")
     write_json(it_dir / "verdict.json", record)
     return {**record, "incumbent": {"version": version.name, "path": rel(version), "eval": rel(it_dir / "eval"),
                                     "score": score, "results": results}}
+
+
+def write_candidate(files, name, inc_dir, cand, env):
+    """The candidate's folder from the reply's files: named `name`, marked untrusted, schema-checked, its
+    hooks.py (or the incumbent's, when the reply has none) through the static check. Rejected otherwise."""
+    shutil.rmtree(cand, ignore_errors=True)
+    cand.mkdir()
+    yaml_text = re.sub(r"(?m)^name:.*$", f"name: {name}", files["scaffold.yaml"], count=1)
+    inc_files = {n: (inc_dir / n).read_text() for n in ("scaffold.yaml", "hooks.py") if (inc_dir / n).is_file()}
+    hooks = files.get("hooks.py", inc_files.get("hooks.py"))  # no hooks.py block: the incumbent's stays
+    unnamed = lambda text: re.sub(TRUSTED_LINE, "", re.sub(r"(?m)^name:.*$", "", text, count=1))
+    if unnamed(yaml_text) == unnamed(inc_files["scaffold.yaml"]) and hooks == inc_files.get("hooks.py"):
+        raise Rejected("parse", "no change: the files are the incumbent's")
+    (cand / "scaffold.yaml").write_text(re.sub(TRUSTED_LINE, "", yaml_text).rstrip("\n") + "\n" + UNTRUSTED)
+    try:
+        check_schema(cand, env)  # before hooks.py exists, so loading imports no model code
+        if automem.load_scaffold(cand).get("trusted") is not False:
+            raise ValueError(f"scaffold.yaml sets trusted itself: the loop writes {UNTRUSTED.strip()}")
+    except Exception as e:  # a ValueError naming the problem, or whatever a malformed shape raised
+        raise Rejected("schema", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}") from None
+    if hooks is not None:
+        try:
+            check_source(hooks)
+        except ValueError as e:
+            raise Rejected("static check", str(e)) from None
+        (cand / "hooks.py").write_text(hooks)
+
+
+def version_meta(config, name, record, results, it_dir):
+    """meta.json of an accepted version: its lineage, scores, rule, rationale and how it was made."""
+    margin = config["min_margin"]
+    return {"name": name, "hash": results["hash"], "parent": record["parent"], "parent_path": record["parent_path"],
+            "score": record["score"], "parent_score": record["parent_score"],
+            "rule": f"mean progression > incumbent's + {margin:g} on the same seeds and settings",
+            "rationale": record["rationale"], "meta_model": {k: config["meta"][k] for k in ("backend", "model")},
+            "agent": json.loads((it_dir / "eval" / "config.json").read_text())["backend"],
+            "eval_argv": config["eval_argv"], "run": config["run_name"], "iteration": record["iteration"],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def publish(cand, env_dir, meta):
@@ -773,7 +644,7 @@ def main(argv=None):
         return
     try:
         config = make_config(args, eval_argv)
-        run_dir = prepare_run_dir(config, args.runs_dir)
+        run_dir = loop.prepare_run_dir(config, args.runs_dir)
         print(f"loop {run_dir}: {args.iterations} iterations")
         run_loop(config, run_dir, args.iterations)
     except (ValueError, FileNotFoundError, llm.BackendError, jail.JailError) as e:

@@ -1,5 +1,6 @@
 """Tests of llm.py on real models: the embedded SmolLM2 GGUF through llama.cpp, transformers
 and a real llama.cpp server on loopback; tiny raw-socket servers for the failure paths."""
+import importlib.util
 import json
 import os
 import re
@@ -324,3 +325,33 @@ def test_openai_bounded_retries_then_backend_error(status, requests, error):
         assert server.requests == requests  # 1 + retries for transient errors, 1 for a client error
     finally:
         server.close()
+
+
+def test_claude_cli_runs_a_read_only_session_on_the_prompt(tmp_path, monkeypatch):
+    """claude-cli: the prompt goes on standard input, the session may read the folders given (and only read);
+    the reply is its final message; a failing CLI is a BackendError."""
+    fake = tmp_path / "bin" / "claude"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$FAIL" ] && { echo "quota" >&2; exit 3; }\necho "args: $*"; echo "cwd: $(pwd)"; cat\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    traces = tmp_path / "traces"
+    m = llm.load("claude-cli", "opus", cwd=tmp_path, read_dirs=[traces], timeout=30)
+    r = m.chat([{"role": "user", "content": "Improve the scaffold."}])
+    args, cwd, prompt = r.text.splitlines()
+    assert args.endswith(f"--model opus --output-format text --max-turns 100 --allowedTools Read Grep Glob --add-dir {traces}")
+    assert cwd == f"cwd: {tmp_path}" and prompt == "Improve the scaffold."
+    with pytest.raises(ValueError, match="one user message"):
+        m.chat([{"role": "system", "content": "x"}, *ASK])
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(llm.BackendError, match="exited with 3: quota"):
+        m.chat(ASK)
+
+
+def test_missing_meta_clients_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `claude` here
+    with pytest.raises(ValueError, match="install Claude Code"):
+        llm.load("claude-cli", "opus")
+    if importlib.util.find_spec("anthropic") is None:
+        with pytest.raises(ValueError, match="pip install anthropic"):
+            llm.load("anthropic", "claude-opus-4-1")

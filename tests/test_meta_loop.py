@@ -2,7 +2,6 @@
 accepted and published, every bad one (unparseable, invalid YAML, crashing, hanging, worse, equal,
 hostile) is rejected with its reason and the incumbent stays intact; an interrupted iteration
 resumes. Hostile hooks and the static check: tests/test_jail.py."""
-import importlib.util
 import json
 import re
 import shutil
@@ -12,6 +11,7 @@ import pytest
 
 import eval as evaluation
 import llm
+import loop as machinery  # the name loop is this file's helper
 import meta_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,8 @@ def loop(tmp_path, meta_replies, iterations, agent=agent_reply, extra=()):
         shutil.copytree(V0, scaffolds / "crafter" / "v0")
     evaluation.WORKER.clear()
     evaluation.WORKER["llm"] = llm.load("scripted", replies=agent)
-    meta_loop.META.clear()
-    meta_loop.META["llm"] = llm.load("scripted", replies=meta_replies)
+    machinery.META.clear()
+    machinery.META["llm"] = llm.load("scripted", replies=meta_replies)
     meta_loop.main(["--env", "crafter", "--iterations", str(iterations), "--scaffolds-dir", str(scaffolds),
                     "--runs-dir", str(tmp_path / "runs"), "--run-name", "loop", *EVAL_ARGS, *extra])
     run_dir = tmp_path / "runs" / "loop"
@@ -178,21 +178,14 @@ def test_validation_passes_good_hooks_on_recorded_and_live_steps(tmp_path, repla
 
 
 def test_parse_reply():
-    files, why = meta_loop.parse_reply("RATIONALE: map file.\n```yaml scaffold.yaml\na: 1\n```\ntext\n"
-                                       "```python hooks.py\nx = 1\n```\n```bash\nls\n```")
+    files, why = machinery.parse_files("RATIONALE: map file.\n```yaml scaffold.yaml\na: 1\n```\ntext\n"
+                                       "```python hooks.py\nx = 1\n```\n```bash\nls\n```", ("scaffold.yaml", "hooks.py"),
+                                       required=["scaffold.yaml"])
     assert files == {"scaffold.yaml": "a: 1\n", "hooks.py": "x = 1\n"} and why.startswith("map file.")
     with pytest.raises(ValueError, match="two scaffold.yaml blocks"):
-        meta_loop.parse_reply("```yaml scaffold.yaml\na\n```\n```yaml scaffold.yaml\nb\n```")
-
-
-def test_missing_meta_clients_say_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no `claude` here
-    meta = {"backend": "claude-cli", "model": "opus", "timeout": 5}
-    with pytest.raises(ValueError, match="install Claude Code"):
-        meta_loop.ask_meta(meta, "hi", 0, tmp_path)
-    if importlib.util.find_spec("anthropic") is None:
-        with pytest.raises(ValueError, match="pip install anthropic"):
-            meta_loop.ask_meta({**meta, "backend": "anthropic"}, "hi", 0, tmp_path)
+        machinery.parse_files("```yaml scaffold.yaml\na\n```\n```yaml scaffold.yaml\nb\n```", ["scaffold.yaml"], [])
+    with pytest.raises(ValueError, match="no ```python hooks.py block"):
+        machinery.parse_files("```yaml scaffold.yaml\na\n```", ["scaffold.yaml", "hooks.py"], ["hooks.py"])
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -211,7 +204,7 @@ def test_embedded_model_as_meta_llm(tmp_path):
     shutil.copytree(V0, tmp_path / "scaffolds" / "crafter" / "v0")
     evaluation.WORKER.clear()
     evaluation.WORKER["llm"] = llm.load("scripted", replies=agent_reply)
-    meta_loop.META.clear()
+    machinery.META.clear()
     meta_loop.main(["--env", "crafter", "--iterations", "1", "--quick", "--meta-n-ctx", "2048", "--meta-max-tokens", "128",
                     "--scaffolds-dir", str(tmp_path / "scaffolds"), "--runs-dir", str(tmp_path / "runs"),
                     "--run-name", "loop"])

@@ -10,6 +10,7 @@ import pytest
 
 import automem
 import llm
+import loop as machinery
 import train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,25 +345,29 @@ def test_config_validation():
 # ----------------------------------------------------------------------------- training engine
 
 VALID = """Keep every turn that found something or wrote.
-<select>
+```python select.py
 def select(example):
     if example["found"] or example["writes"]:
         return True, "keep:hit"
     return False, "drop:miss"
-</select>
-<config>
+```
+```json recipe.json
 {"rank": 4, "alpha": 8, "lr": 0.001}
-</config>"""
-BROKEN = """<select>
+```"""
+BROKEN = """```python select.py
 def select(example):
     return example["no_such_field"], "keep"
-</select>
-<config>{}</config>"""
-BAD_CONFIG = """<select>
+```
+```json recipe.json
+{}
+```"""
+BAD_CONFIG = """```python select.py
 def select(example):
     return True, "keep:all"
-</select>
-<config>{"rnk": 4}</config>"""
+```
+```json recipe.json
+{"rnk": 4}
+```"""
 
 
 def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
@@ -378,40 +383,55 @@ def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
     def meta(messages):
         prompts.append(messages[-1]["content"])
         return [VALID, BROKEN, BAD_CONFIG][len(prompts) - 1]
-    rows = train_lora.run_engine(args, llm.load("scripted", replies=meta))
-    assert [(r["iteration"], r["status"]) for r in rows] == [(0, "baseline"), (1, "evaluated"), (2, "rejected"), (3, "rejected")]
-    base, good, broken, bad = rows
+    machinery.META.clear()
+    machinery.META["llm"] = llm.load("scripted", replies=meta)
+    state = train_lora.run_engine(args)
+    base, (good, broken, bad) = state["start"], state["iterations"]
+    assert [(r["iteration"], r["verdict"]) for r in (base, good, broken, bad)] == \
+        [(0, "baseline"), (1, "evaluated"), (2, "rejected"), (3, "rejected")]
     assert base["score"]["episodes"] == 1 and good["score"]["mean"] == base["score"]["mean"]  # the scripted replies ignore the adapter
     assert good["reason"] == "+0.00 vs baseline" and good["config"]["rank"] == 4 and good["data"]["examples"] > 0
     assert good["train"]["steps"] == 2 and Path(good["adapter"], "card.json").is_file()
+    assert good["rationale"] == "Keep every turn that found something or wrote."
     assert broken["stage"] == "select" and "KeyError" in broken["reason"] and "no_such_field" in broken["reason"]
     assert bad["stage"] == "config" and "unknown LoRA config key 'rnk'" in bad["reason"]
-    assert json.loads((tmp_path / "eng/best.json").read_text())["iteration"] == 1
+    assert state["incumbent"]["iteration"] == 1  # the best recipe so far
     assert "keep:write_after_retrieval" in prompts[0] and "def select(ex)" in prompts[0]  # default recipe and its stats
     assert "keep:hit" in prompts[1]  # the next proposal sees the best recipe so far
     table = capsys.readouterr().out
     assert "*   1  evaluated" in table and "unknown LoRA config key" in table
-    ledger = [json.loads(line) for line in (tmp_path / "eng/ledger.jsonl").read_text().splitlines()]
-    assert ledger == rows
-    again = train_lora.run_engine(args, llm.load("scripted", replies=lambda m: pytest.fail("resumed run asked the meta-LLM")))
-    assert again == rows  # finished iterations are not redone
+    assert json.loads((tmp_path / "eng" / "state.json").read_text()) == state
+    for k, it in enumerate(state["iterations"], 1):  # every recipe is archived with its verdict
+        assert json.loads((tmp_path / "eng" / "candidates" / f"iter{k}" / "verdict.json").read_text()) == it
+    machinery.META["llm"] = llm.load("scripted", replies=lambda m: pytest.fail("resumed run asked the meta-LLM"))
+    assert train_lora.run_engine(args) == state  # finished iterations are not redone
+    args.iterations = 4  # more iterations continue the same run; other settings are another run
+    args.select_timeout = 1
+    with pytest.raises(ValueError, match="holds a different loop \\(select_timeout differ\\)"):
+        train_lora.run_engine(args)
 
 
 def test_proposed_select_must_pass_the_hook_policy():
-    train_lora.check_source("import re\ndef select(example):\n    return bool(re.search('tree', example['target'])), 'k'\n")
-    with pytest.raises(ValueError, match="^select: select.py line 2: name open"):
-        train_lora.check_source("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n")
-    with pytest.raises(ValueError, match="import of os"):
-        train_lora.check_source("import os\ndef select(example):\n    return True, 'k'\n")
+    recipe = "```python select.py\n{}```\n```json recipe.json\n{{}}\n```"
+    source, _, _ = train_lora.parse_proposal(recipe.format(
+        "import re\ndef select(example):\n    return bool(re.search('tree', example['target'])), 'k'\n"), "crafter")
+    assert source.startswith("import re")
+    with pytest.raises(ValueError, match="^static check: select.py line 2: name open"):
+        train_lora.parse_proposal(recipe.format("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n"), "crafter")
+    with pytest.raises(ValueError, match="^static check: .*import of os"):
+        train_lora.parse_proposal(recipe.format("import os\ndef select(example):\n    return True, 'k'\n"), "crafter")
 
 
 def test_parse_proposal_errors():
-    with pytest.raises(ValueError, match="^select: no <select>"):
-        train_lora.parse_proposal("no blocks", "crafter")
-    with pytest.raises(ValueError, match="^select: SyntaxError"):
-        train_lora.parse_proposal("<select>def select(e)\n  return</select><config>{}</config>", "crafter")
-    with pytest.raises(ValueError, match="^config: not JSON"):
-        train_lora.parse_proposal("<select>def select(e):\n    return True, 'k'</select><config>{rank: 4}</config>", "crafter")
-    source, cfg = train_lora.parse_proposal("<select>\n```python\ndef select(e):\n    return True, 'k'\n```\n</select>"
-                                            "<config>{\"epochs\": 2}</config>", "crafter")
-    assert source.startswith("def select") and cfg == {"epochs": 2}
+    with pytest.raises(ValueError, match="^parse: no ```python select.py block"):
+        train_lora.parse_proposal("<select>def select(e):\n    return True, 'k'</select>", "crafter")
+    with pytest.raises(ValueError, match="^static check: select.py line 1: syntax error"):
+        train_lora.parse_proposal("```python select.py\ndef select(e)\n  return\n```\n```json recipe.json\n{}\n```", "crafter")
+    with pytest.raises(ValueError, match="^select: select.py defines no top-level def select"):
+        train_lora.parse_proposal("```python select.py\nx = 1\n```\n```json recipe.json\n{}\n```", "crafter")
+    with pytest.raises(ValueError, match="^config: recipe.json is not JSON"):
+        train_lora.parse_proposal("```python select.py\ndef select(e):\n    return True, 'k'\n```\n"
+                                  "```json recipe.json\n{rank: 4}\n```", "crafter")
+    source, cfg, why = train_lora.parse_proposal("More epochs.\n```python select.py\ndef select(e):\n    return True, 'k'\n```\n"
+                                                 "```json recipe.json\n{\"epochs\": 2}\n```", "crafter")
+    assert source.startswith("def select") and cfg["epochs"] == 2 and cfg["rank"] == 256 and why == "More epochs."
