@@ -28,14 +28,17 @@ per line; the loss is on the last assistant message only. A summary sits beside 
 The selection rules are the one function `select` below; `--select FILE` swaps in another.
 SFT writes OUT/adapter_model.safetensors + adapter_config.json (peft), OUT/card.json (data hash,
 config, base model, losses) and OUT/checkpoints/ (resumable).
-The engine keeps runs/<name>/ledger.jsonl (one row per recipe; re-running resumes) and best.json;
-runs/<name>/iter_NN/ holds each proposal, select.py, data, adapter and eval run. A proposed select()
-must pass the static hook policy (jail.check_source) and runs only in the jail (jail.py: `data --jail`),
-in a subprocess with a timeout.
+The engine runs on loop 1's machinery (loop.py): runs/<name>/ holds config.json, state.json (the
+baseline, the best recipe as incumbent, one record per recipe; re-running resumes), evals/base/ and
+candidates/iterK/ (prompt.txt, reply.txt, select.py, data, adapter, sft.log, eval run, verdict.json).
+The meta-LLM answers with whole files, "```python select.py" and "```json recipe.json" (the LoRA
+config). A proposed select() must pass the static hook policy (jail.check_source) and runs only in
+the jail (jail.py, as `data --jail` runs it), all of it within --select-timeout; evaluations run
+eval.py in this process, SFT runs as a subprocess (its GPU memory is freed when it ends).
 """
 import argparse
+import gc
 import hashlib
-import importlib
 import importlib.util
 import inspect
 import itertools
@@ -51,8 +54,10 @@ from pathlib import Path
 
 import automem
 import cli
+import eval as evaluation
 import jail
 import llm
+import loop
 import memory_fs
 import metrics
 
@@ -583,6 +588,8 @@ def cmd_gguf(args):
 
 # ----------------------------------------------------------------------------- training engine
 
+META_MAX_TOKENS = 4096  # tokens of the meta-LLM's reply (its default; --meta-max-tokens)
+RECIPE_FILES = ("select.py", "recipe.json")  # what a proposal holds, as fenced files (loop.parse_files)
 META_PROMPT = """You improve the training recipe of a "memory specialist": a LoRA adapter trained on an LLM agent's own turns in {env}.
 The agent keeps a folder of text files as memory. Each game step it runs LOG (it sees what its last action did and records what is worth
 remembering with SEARCH/READ/TAIL/COUNT and APPEND/WRITE/CREATE/UPSERT ops, then <|DONE|>) and PLAN (it consults memory with read-only
@@ -602,57 +609,48 @@ What it keeps from the training traces: {stats}
 LoRA config keys, with the defaults for {env}: {defaults}
 Bounds: {bounds}; targets is "attention", "all-linear" or module names like "q_proj,v_proj"; batch is the effective batch.
 
-Ledger of the recipes tried so far:
+Recipes tried so far (iteration 0: the baseline):
 {ledger}
 
-Propose one new recipe that you expect to score higher than every recipe above. Reply with exactly these two blocks:
-<select>
+Propose one new recipe that you expect to score higher than every recipe above. Reply in exactly this format (a program
+parses it; whole files):
+RATIONALE: what you change and why.
+```python select.py
 def select(example):
     ...
     return keep, "rule name"
-</select>
-<config>
+```
+```json recipe.json
 {{"rank": 64, "lr": 0.0001}}
-</config>
-select must be deterministic plain Python (standard library only) and return (bool, str); the config is a JSON object with any of
-the keys above (missing keys keep the defaults)."""
+```
+select must be deterministic plain Python and return (bool, str); it may import only {imports}, and touches no file,
+process or network. recipe.json is a JSON object with any of the LoRA config keys above (missing keys keep the defaults)."""
 
 
 def parse_proposal(text, env):
-    """(select source, config) from a meta-LLM reply; ValueError says what is wrong ('select: ...' / 'config: ...')."""
-    blocks = {}
-    for tag in ("select", "config"):
-        m = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S | re.I)
-        if not m:
-            raise ValueError(f"{tag}: no <{tag}>...</{tag}> block in the reply")
-        blocks[tag] = FENCE.sub("", m.group(1)).strip("\n")
-    source = blocks["select"]
+    """(select source, LoRA config, rationale) from a meta-LLM reply; ValueError '<stage>: <what is wrong>'
+    (stage parse, static check, select or config). The source passed the static hook policy; it then runs only in the jail."""
     try:
-        compile(source, "select.py", "exec")
-    except SyntaxError as e:
-        raise ValueError(f"select: SyntaxError line {e.lineno}: {e.msg}") from None
+        files, rationale = loop.parse_files(text, RECIPE_FILES, required=RECIPE_FILES)
+    except ValueError as e:
+        raise ValueError(f"parse: {e}") from None
+    source = files["select.py"]
+    try:
+        jail.check_source(source, name="select.py")  # syntax, allowed imports, no file/process access, no "_" names
+    except ValueError as e:
+        raise ValueError(f"static check: {e}") from None
     if not re.search(r"^def select\s*\(", source, re.M):
-        raise ValueError("select: the block defines no top-level def select(example)")
+        raise ValueError("select: select.py defines no top-level def select(example)")
     try:
-        overrides = json.loads(blocks["config"])
+        overrides = json.loads(files["recipe.json"])
     except json.JSONDecodeError as e:
-        raise ValueError(f"config: not JSON ({e.msg} at char {e.pos})") from None
-    if not isinstance(overrides, dict):
-        raise ValueError("config: expected a JSON object")
+        raise ValueError(f"config: recipe.json is not JSON ({e.msg} at char {e.pos})") from None
     try:
-        lora_config(env, overrides)
+        if not isinstance(overrides, dict):
+            raise ValueError("recipe.json holds no JSON object")
+        return source, lora_config(env, overrides), rationale
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
-    return source, overrides
-
-
-def check_source(source):
-    """The static hook policy (jail.check_source) applied to a proposed select(): allowed imports only,
-    no file/process access, no exec/eval/getattr, no underscore names. It then runs only in the jail."""
-    try:
-        jail.check_source(source, name="select.py")
-    except ValueError as e:
-        raise ValueError(f"select: {e}") from None
 
 
 def run_logged(cmd, log, timeout=None):
@@ -671,159 +669,157 @@ def run_logged(cmd, log, timeout=None):
     return False, (errors or lines or [f"exit code {rc}"])[-1][:300]
 
 
-def evaluate(args, run_dir, adapter=None):
-    """Two-model evaluation through eval.py (base alone when adapter is None): (ok, reason, score dict)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "eval.py"), "--env", args.env, "--backend", args.eval_backend,
-           "--model", str(args.eval_model or args.model or llm_default_model()),
-           "--runs-dir", str(run_dir), "--run-name", "eval", "--no-replay", *shlex.split(args.eval_args)]
-    if adapter and args.eval_backend == "llamacpp":  # llama.cpp takes the GGUF LoRA that sft wrote beside the peft files
-        if not (adapter / "adapter.gguf").is_file():
-            return False, ("eval: no adapter.gguf (the base is no GGUF): use --eval-backend transformers, or convert it "
-                           f"with python train_lora.py gguf --adapter {adapter} --base <base>.gguf"), None
-        cmd += ["--memory-adapter", str(adapter / "adapter.gguf")]
-    elif adapter:
-        cmd += ["--memory-adapter", str(adapter)]
-    ok, reason = run_logged(cmd, run_dir / "eval.log")
-    if not ok:
-        return False, f"eval: {reason}", None
-    result = json.loads((run_dir / "eval" / "results.json").read_text())["envs"][args.env]
+def select_data(config, select_path, out):
+    """The training data a proposed select() keeps, the function running in the jail, all of it within
+    select_timeout s; returns the data's summary (kept: a resumed iteration reuses the data)."""
+    if summary_path(out).is_file():
+        return json.loads(summary_path(out).read_text())
+    jailed, deadline = load_select(select_path, jailed=True), time.monotonic() + config["select_timeout"]
+
+    def timed(example):
+        if time.monotonic() > deadline:
+            raise ValueError(f"not finished after {config['select_timeout']:g} s")
+        return jailed(example)
+    return build_dataset(config["runs"], out, timed)
+
+
+def evaluate_recipe(config, eval_dir, adapter=None):
+    """The two-model evaluation in this process (the base model alone when adapter is None): progression and
+    the memory metrics the meta-LLM sees. SystemExit (a model that fails) stops the engine: re-run to resume."""
+    argv = ["--backend", config["eval_backend"], "--model", config["eval_model"], "--no-replay",
+            *shlex.split(config["eval_args"])]
+    if adapter:  # llama.cpp takes the GGUF LoRA that sft writes beside the peft files (for a GGUF base)
+        argv += ["--memory-adapter", str(adapter / "adapter.gguf" if config["eval_backend"] == "llamacpp" else adapter)]
+    try:
+        result = loop.evaluate(argv, config["env"], eval_dir)
+    finally:  # let the models go: the next SFT subprocess needs the GPU memory they hold
+        evaluation.WORKER.clear()
+        gc.collect()
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+            sys.modules["torch"].cuda.empty_cache()
     keys = ("log_writes_per_search", "empty_search_rate", "redundant_write_rate", "unproductive_rate", "invalid_action_rate")
-    return True, "", {**result["progression"], "episodes": result["episodes"],
-                      "behaviour": {k: result["behaviour"].get(k) for k in keys}}
+    return {**result["progression"], "episodes": result["episodes"],
+            "behaviour": {k: result["behaviour"].get(k) for k in keys}}
 
 
-def read_ledger(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()] if Path(path).is_file() else []
-
-
-def ledger_table(rows):
-    """The ledger as a text table; * marks the best evaluated recipe."""
-    base = next((r for r in rows if r["status"] == "baseline"), None)
-    best = best_row(rows)
-    lines = [" iter  status    progression  vs base  examples  rank       lr  epochs  targets     loss before->after  reason"]
-    for r in rows:
+def ledger_table(state):
+    """The recipes as a text table, the baseline first; * marks the best evaluated recipe."""
+    base, best = state["start"], state["incumbent"]
+    lines = [" iter  verdict   progression  vs base  examples  rank       lr  epochs  targets     loss before->after  reason"]
+    for r in [base] + state["iterations"]:
         score, cfg, tr = r.get("score"), r.get("config") or {}, r.get("train") or {}
         progression = f"{score['mean']:.2f}±{score['se']:.2f}" if score else ""
-        delta = f"{score['mean'] - base['score']['mean']:+.2f}" if score and base and r is not base else ""
+        delta = f"{score['mean'] - base['score']['mean']:+.2f}" if score and r is not base else ""
         loss = f"{tr['loss_before']:.3f}->{tr['loss_after']:.3f}" if tr else ""
-        lines.append(f"{'*' if r is best else ' '}{r['iteration']:4d}  {r['status']:9s} {progression:>12s} {delta:>8s} "
+        mark = "*" if best and r["iteration"] == best["iteration"] else " "
+        lines.append(f"{mark}{r['iteration']:4d}  {r['verdict']:9s} {progression:>12s} {delta:>8s} "
                      f"{(r.get('data') or {}).get('examples', ''):>9} {cfg.get('rank', ''):>5} {cfg.get('lr', ''):>8} "
                      f"{cfg.get('epochs', ''):>7} {str(cfg.get('targets', '')):11s} {loss:>18s}  {r.get('reason', '')[:90]}")
     return "\n".join(lines)
 
 
-def best_row(rows):
-    done = [r for r in rows if r["status"] == "evaluated"]
-    return max(done, key=lambda r: r["score"]["mean"]) if done else None
-
-
-def meta_prompt(env, rows, default_stats):
-    best = best_row(rows)
+def meta_prompt(env, state, default_stats):
+    """The meta-LLM's input: the select() fields, the best recipe so far (or the hand-written one) and every recipe tried."""
+    best = state["incumbent"]
     source = Path(best["select"]).read_text() if best else inspect.getsource(select)
     stats = best["data"] if best else default_stats
-    ledger = []
-    for r in rows:
-        entry = {k: r.get(k) for k in ("iteration", "status", "score", "reason", "config", "train")}
-        entry["data"] = {k: (r.get("data") or {}).get(k) for k in ("examples", "rules", "routines")}
-        ledger.append(json.dumps(entry))
+    ledger = [json.dumps({**{k: r.get(k) for k in ("iteration", "verdict", "score", "reason", "config", "train")},
+                          "data": {k: (r.get("data") or {}).get(k) for k in ("examples", "rules", "routines")}})
+              for r in [state["start"]] + state["iterations"]]
     return META_PROMPT.format(
         env=env, fields="\n".join(f"  {k}: {v}" for k, v in FIELDS.items()),
         best_note=f" (iteration {best['iteration']}, progression {best['score']['mean']:.2f})" if best else " (the hand-written default)",
         source=source.rstrip(), stats=json.dumps({k: stats.get(k) for k in ("examples", "rules", "envs", "routines")}),
         defaults=json.dumps(lora_config(env, {})), bounds=json.dumps({k: v[1:] for k, v in BOUNDS.items() if v[0] is not str}),
-        ledger="\n".join(ledger) or "(none yet)")
+        ledger="\n".join(ledger), imports=", ".join(jail.ALLOWED_IMPORTS))
 
 
-def run_engine(args, meta):
-    """K iterations of: propose (meta-LLM) -> validate -> data -> SFT -> two-model eval -> ledger row."""
-    home = Path(args.runs_dir) / args.name
-    home.mkdir(parents=True, exist_ok=True)
-    ledger_path = home / "ledger.jsonl"
-    rows = read_ledger(ledger_path)
-    traces = [automem.read_trace(p)[0] for p in trace_paths(args.runs)]
-    eval_seeds = set(importlib.import_module("eval").read_seeds(args.seeds).get(args.env, []))
-    leaked = sorted({h["seed"] for h in traces if h and h.get("env") == args.env} & eval_seeds)
+def recipe_iteration(config, state, k, it_dir, meta_llm, default_stats):
+    """Recipe k: propose (meta-LLM) -> check -> data (select() in the jail) -> SFT (a subprocess) -> two-model
+    evaluation; returns its record, carrying it as the incumbent when it beats the best so far."""
+    t0 = time.time()
+    reply, proposal = loop.ask(meta_llm, it_dir, config["meta"]["seed"] + k,
+                               lambda: meta_prompt(config["env"], state, default_stats))
+    record = {"iteration": k, "date": proposal["date"], "select": str(it_dir / "select.py")}
+
+    def verdict(name, stage, reason):
+        record.update(verdict=name, stage=stage, reason=reason, seconds=round(time.time() - t0, 1))
+        loop.write_json(it_dir / "verdict.json", record)
+        return record
+
+    try:
+        source, record["config"], record["rationale"] = parse_proposal(reply, config["env"])
+    except ValueError as e:
+        return verdict("rejected", str(e).split(":")[0], str(e))
+    record["selector_sha256"] = hashlib.sha256(source.encode()).hexdigest()[:12]
+    (it_dir / "select.py").write_text(source + "\n")
+    try:
+        record["data"] = select_data(config, it_dir / "select.py", it_dir / "data.jsonl")
+    except ValueError as e:  # select() raised, timed out or kept nothing (a HookError is a ValueError)
+        return verdict("rejected", "select", f"select: {e}")
+    adapter = it_dir / "adapter"
+    flags = [f"--{key.replace('_', '-')}={v}" for key, v in record["config"].items()]
+    ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "sft", "--data", str(it_dir / "data.jsonl"),
+                             "--out", str(adapter), "--env", config["env"], "--model", config["model"], *flags,
+                             *shlex.split(config["sft_args"])], it_dir / "sft.log")
+    if not ok:
+        return verdict("failed", "sft", f"sft: {reason}")
+    card = json.loads((adapter / "card.json").read_text())
+    record["train"] = {key: card[key] for key in ("loss_before", "loss_after", "steps", "examples", "seconds")}
+    record.update(adapter=str(adapter), score=evaluate_recipe(config, it_dir / "eval", adapter))
+    verdict("evaluated", "eval", f"{record['score']['mean'] - state['start']['score']['mean']:+.2f} vs baseline")
+    best = state["incumbent"]
+    if best is None or record["score"]["mean"] > best["score"]["mean"]:
+        return {**record, "incumbent": dict(record)}
+    return record
+
+
+def engine_config(args):
+    """Everything that defines an engine run (config.json: a resumed run must match)."""
+    model = str(args.model or llm_default_model())
+    if args.eval_backend == "llamacpp" and not model.endswith(".gguf"):
+        raise ValueError("--eval-backend llamacpp runs the adapter.gguf that sft writes for a GGUF base only: pass a .gguf "
+                         "--model, or --eval-backend transformers")
+    return {"run_name": args.name, "loop": "engine", "env": args.env, "runs": [str(Path(r).resolve()) for r in args.runs],
+            "model": model, "eval_backend": args.eval_backend, "eval_model": str(args.eval_model or model),
+            "eval_args": args.eval_args, "sft_args": args.sft_args, "seeds": str(Path(args.seeds).resolve()),
+            "select_timeout": args.select_timeout, "meta": loop.meta_config(args, META_MAX_TOKENS)}
+
+
+def run_engine(args):
+    """The engine on loop.py's machinery: the baseline evaluated once, then recipes until args.iterations are done."""
+    config = engine_config(args)
+    run_dir = loop.prepare_run_dir(config, args.runs_dir)
+    traces = [automem.read_trace(p)[0] for p in trace_paths(config["runs"])]
+    leaked = sorted({h["seed"] for h in traces if h and h.get("env") == args.env}
+                    & set(evaluation.read_seeds(config["seeds"]).get(args.env, [])))
     if leaked:
         raise ValueError(f"training traces use evaluation seeds {leaked} of {args.seeds}: record training episodes "
                          f"with eval.py --seeds <a file of other seeds>")
-    default = home / "default_recipe.jsonl"  # what the hand-written select() keeps: shown to the meta-LLM
+    default = run_dir / "default_recipe.jsonl"  # what the hand-written select() keeps: shown to the meta-LLM
     default_stats = json.loads(summary_path(default).read_text()) if summary_path(default).is_file() else \
-        build_dataset(args.runs, default)
+        build_dataset(config["runs"], default)
+    meta_llm = loop.load_meta(config["meta"], cwd=run_dir, read_dirs=[run_dir, *config["runs"]])
 
-    def record(row):
-        rows.append(row)
-        with open(ledger_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        best = best_row(rows)
-        if best:
-            (home / "best.json").write_text(json.dumps(best, indent=1))
-        print(ledger_table(rows), flush=True)
-
-    if not any(r["status"] == "baseline" for r in rows):
-        ok, reason, score = evaluate(args, home / "baseline")
-        if not ok:
-            raise ValueError(f"baseline {reason} (log: {home / 'baseline' / 'eval.log'})")
-        record({"iteration": 0, "status": "baseline", "score": score, "reason": "base model alone"})
-    for it in range(max(r["iteration"] for r in rows) + 1, args.iterations + 1):
-        t0 = time.time()
-        d = home / f"iter_{it:02d}"
-        d.mkdir(exist_ok=True)
-        row = {"iteration": it, "status": "rejected", "dir": str(d)}
-        proposal = d / "proposal.txt"
-        if not proposal.is_file():  # kept, so a resumed run evaluates the same proposal
-            reply = meta.chat([{"role": "user", "content": meta_prompt(args.env, rows, default_stats)}],
-                              max_tokens=args.meta_max_tokens, seed=it)
-            proposal.write_text(reply.text)
-        try:
-            source, overrides = parse_proposal(proposal.read_text(), args.env)
-            check_source(source)
-        except ValueError as e:
-            record({**row, "stage": str(e).split(":")[0], "reason": str(e), "seconds": round(time.time() - t0, 1)})
-            continue
-        row["select"], row["config"] = str(d / "select.py"), lora_config(args.env, overrides)
-        row["selector_sha256"] = hashlib.sha256(source.encode()).hexdigest()[:12]
-        (d / "select.py").write_text(source + "\n")
-        data = d / "data.jsonl"
-        if not summary_path(data).is_file():
-            ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "data", "--runs", *map(str, args.runs),
-                                     "--select", str(d / "select.py"), "--jail", "--out", str(data)], d / "data.log",
-                                    args.select_timeout)
-            if not ok:
-                record({**row, "stage": "select", "reason": f"select: {reason}", "seconds": round(time.time() - t0, 1)})
-                continue
-        row["data"] = json.loads(summary_path(data).read_text())
-        adapter = d / "adapter"
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in row["config"].items()]
-        ok, reason = run_logged([sys.executable, str(ROOT / "train_lora.py"), "sft", "--data", str(data), "--out", str(adapter),
-                                 "--env", args.env, "--model", str(args.model or llm_default_model()), *flags,
-                                 *shlex.split(args.sft_args)], d / "sft.log")
-        if not ok:
-            record({**row, "status": "failed", "stage": "sft", "reason": f"sft: {reason}", "seconds": round(time.time() - t0, 1)})
-            continue
-        card = json.loads((adapter / "card.json").read_text())
-        row["train"] = {k: card[k] for k in ("loss_before", "loss_after", "steps", "examples", "seconds")}
-        ok, reason, score = evaluate(args, d, adapter)
-        if not ok:
-            record({**row, "status": "failed", "stage": "eval", "reason": reason, "seconds": round(time.time() - t0, 1)})
-            continue
-        base = next(r for r in rows if r["status"] == "baseline")["score"]["mean"]
-        record({**row, "status": "evaluated", "stage": "eval", "adapter": str(adapter), "score": score,
-                "reason": f"{score['mean'] - base:+.2f} vs baseline", "seconds": round(time.time() - t0, 1)})
-    return rows
+    def first():
+        score = evaluate_recipe(config, run_dir / "evals" / "base")
+        return {"start": {"iteration": 0, "verdict": "baseline", "stage": "eval", "score": score,
+                          "reason": "base model alone"}, "incumbent": None}
+    state = loop.run(run_dir, args.iterations, first,
+                     lambda state, k, it_dir: recipe_iteration(config, state, k, it_dir, meta_llm, default_stats))
+    print(ledger_table(state), flush=True)
+    return state
 
 
 def cmd_engine(args):
     usable, why = jail.available()
     if not usable:
         raise ValueError(f"the jail does not work here ({why}): the meta-LLM's select() runs only in it")
-    options = {"base_url": args.meta_base_url} if args.meta_base_url else {}
-    meta = llm.load(args.meta_backend, args.meta_model, **options)
     try:
-        rows = run_engine(args, meta)
-    except llm.BackendError as e:  # the ledger keeps every finished iteration: re-running resumes
+        state = run_engine(args)
+    except llm.BackendError as e:  # state.json keeps every finished iteration: re-running resumes
         raise ValueError(f"meta-LLM call failed ({e}); re-run the same command to resume") from None
-    best = best_row(rows)
+    best = state["incumbent"]
     print(f"engine: best recipe: iteration {best['iteration']} ({best['adapter']})" if best else "engine: no recipe evaluated yet")
 
 
@@ -866,12 +862,9 @@ def parse_args(argv=None):
     e.add_argument("--env", required=True, choices=list(PRIORS))
     e.add_argument("--iterations", type=int, default=3)
     e.add_argument("--runs", nargs="+", help="training traces (default: runs/train-<env>)")
-    e.add_argument("--name", help="runs/<name> holds the ledger (default: engine-<env>)")
+    e.add_argument("--name", help="runs/<name> holds config.json, state.json and candidates/ (default: engine-<env>)")
     e.add_argument("--runs-dir", default=str(ROOT / "runs"))
-    e.add_argument("--meta-backend", default="llamacpp", help="llm.py backend of the meta-LLM")
-    e.add_argument("--meta-model", help="the meta-LLM (default: the embedded model, a weak one)")
-    e.add_argument("--meta-base-url", help="openai backend: server URL")
-    e.add_argument("--meta-max-tokens", type=int, default=4096)
+    loop.add_meta_args(e, META_MAX_TOKENS)
     e.add_argument("--model", help="base model to train (default: embedded GGUF)")
     e.add_argument("--eval-backend", default="llamacpp", help="eval.py --backend (transformers loads the peft adapter; "
                    "llamacpp its adapter.gguf)")
