@@ -20,7 +20,8 @@ at all, the metric is None, shown as n/a). Definitions (also in the README):
 import math
 import re
 
-WRITE_OPS = {"APPEND", "WRITE", "CREATE", "UPSERT"}
+import memory_fs
+
 OSCILLATION_WINDOW = 8
 TURN_COUNTER = re.compile(r"\bT:\d+")  # NetHack's status line
 
@@ -93,7 +94,7 @@ def unproductive_rate(episodes):
 
 
 def redundant_write_rate(episodes):
-    writes = [r for _, steps, _ in episodes for name, r in op_results(steps) if name in WRITE_OPS and r["ok"]]
+    writes = [r for _, steps, _ in episodes for name, r in op_results(steps) if name in memory_fs.WRITE_OPS and r["ok"]]
     return ratio(sum(r["redundant"] for r in writes), len(writes))
 
 
@@ -104,7 +105,7 @@ def empty_search_rate(episodes):
 
 def log_writes_per_search(episodes):
     ops = [(name, r) for _, steps, _ in episodes for name, r in op_results(steps, "log") if r["ok"]]
-    return ratio(sum(name in WRITE_OPS for name, _ in ops), sum(name == "SEARCH" for name, _ in ops))
+    return ratio(sum(name in memory_fs.WRITE_OPS for name, _ in ops), sum(name == "SEARCH" for name, _ in ops))
 
 
 def invalid_action_rate(episodes):
