@@ -703,19 +703,19 @@ def evaluate_recipe(config, eval_dir, adapter=None):
 
 
 def ledger_table(state):
-    """The recipes as a text table, the baseline first; * marks the best evaluated recipe."""
+    """The recipes as a Markdown table, the baseline first; * marks the best evaluated recipe."""
     base, best = state["start"], state["incumbent"]
-    lines = [" iter  verdict   progression  vs base  examples  rank       lr  epochs  targets     loss before->after  reason"]
+    rows = []
     for r in [base] + state["iterations"]:
         score, cfg, tr = r.get("score"), r.get("config") or {}, r.get("train") or {}
-        progression = f"{score['mean']:.2f}±{score['se']:.2f}" if score else ""
-        delta = f"{score['mean'] - base['score']['mean']:+.2f}" if score and r is not base else ""
-        loss = f"{tr['loss_before']:.3f}->{tr['loss_after']:.3f}" if tr else ""
-        mark = "*" if best and r["iteration"] == best["iteration"] else " "
-        lines.append(f"{mark}{r['iteration']:4d}  {r['verdict']:9s} {progression:>12s} {delta:>8s} "
-                     f"{(r.get('data') or {}).get('examples', ''):>9} {cfg.get('rank', ''):>5} {cfg.get('lr', ''):>8} "
-                     f"{cfg.get('epochs', ''):>7} {str(cfg.get('targets', '')):11s} {loss:>18s}  {r.get('reason', '')[:90]}")
-    return "\n".join(lines)
+        rows.append([("*" if best and r["iteration"] == best["iteration"] else "") + str(r["iteration"]), r["verdict"],
+                     f"{score['mean']:.2f}±{score['se']:.2f}" if score else "",
+                     f"{score['mean'] - base['score']['mean']:+.2f}" if score and r is not base else "",
+                     (r.get("data") or {}).get("examples", ""), cfg.get("rank", ""), cfg.get("lr", ""),
+                     cfg.get("epochs", ""), cfg.get("targets", ""),
+                     f"{tr['loss_before']:.3f}->{tr['loss_after']:.3f}" if tr else "", r.get("reason", "")[:90]])
+    return cli.markdown_table(["iter", "verdict", "progression", "vs base", "examples", "rank", "lr", "epochs", "targets",
+                               "loss before->after", "reason"], rows)
 
 
 def meta_prompt(env, state, default_stats):

@@ -399,7 +399,7 @@ def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
     assert "keep:write_after_retrieval" in prompts[0] and "def select(ex)" in prompts[0]  # default recipe and its stats
     assert "keep:hit" in prompts[1]  # the next proposal sees the best recipe so far
     table = capsys.readouterr().out
-    assert "*   1  evaluated" in table and "unknown LoRA config key" in table
+    assert "| *1 | evaluated |" in table and "unknown LoRA config key" in table
     assert json.loads((tmp_path / "eng" / "state.json").read_text()) == state
     for k, it in enumerate(state["iterations"], 1):  # every recipe is archived with its verdict
         assert json.loads((tmp_path / "eng" / "candidates" / f"iter{k}" / "verdict.json").read_text()) == it
