@@ -173,12 +173,3 @@ def model_tag(model):
 
 def score_text(score):
     return f"{score['mean']:.2f} ± {score['se']:.2f}" if score else "-"
-
-
-def clip(text, n):
-    return text if len(text) <= n else text[:max(0, n - 14)] + " [... cut ...]"
-
-
-def line(text, n):
-    """`text` as one line of at most n characters."""
-    return clip(" ".join(str(text).split()), n)

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import automem
 import cli
+import digest
 import envs
 import eval as evaluation
 import jail
@@ -71,15 +72,13 @@ import llm
 import loop
 import metrics
 from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
-from loop import clip, line, model_tag, rel, score_text, write_json
+from digest import line
+from loop import model_tag, rel, score_text, write_json
 
 ROOT = Path(__file__).resolve().parent
 META_BUDGET = 60_000       # characters of meta-LLM input (about 15k tokens)
 META_MAX_TOKENS = 8192     # tokens of its reply (whole files)
 QUICK = {"meta_budget": 16_000, "meta_max_tokens": 2048}  # --quick: fits the embedded model's 8192-token context
-MIN_EPISODE_CHARS = 1500   # digest: at least this much per episode shown
-EVENTS_SHOWN = 5           # digest: examples per kind of event per episode
-STUCK_MIN = 3              # digest: report stretches of at least this many steps without a new game state
 
 HOOK_SECONDS = 2.0         # one hook call in validation (the jail kills its worker past it)
 MAX_HOOK_TEXT = 20_000     # characters one hook call may return
@@ -240,7 +239,7 @@ def build_prompt(config, state):
     if config["meta"]["backend"] == "claude-cli":  # an agentic session may read the whole traces too
         digest_head += f"The full traces (JSONL, one line per step) are in {(ROOT / inc['eval']).resolve() / 'traces'}.\n"
     budget = config["meta"]["budget"] - len(head) - len(digest_head)
-    return head + digest_head + trace_digest(ROOT / inc["eval"], budget)
+    return head + digest_head + digest.trace_digest(ROOT / inc["eval"], budget)
 
 
 def results_text(results):
@@ -264,103 +263,6 @@ def history_text(state):
                      f"{score_text(it['score'])} vs {score_text(it['parent_score'])}; {it['reason']}. "
                      f"Rationale: {line(it['rationale'], 300) or '-'}")
     return "\n".join(lines) + "\n"
-
-
-def trace_digest(eval_dir, budget):
-    """What went wrong in the episodes, lowest progression first, cut to `budget` characters."""
-    if budget < 200:
-        return "(no room left for the trace digest: raise --meta-budget)\n"
-    episodes = [automem.read_trace(p) for p in sorted(Path(eval_dir, "traces").rglob("*.jsonl"))]
-    episodes = sorted((e for e in episodes if e[2]), key=lambda e: e[2]["progression"])
-    if not episodes:
-        return "(no finished episodes)\n"
-    shown = max(1, min(len(episodes), budget // MIN_EPISODE_CHARS))
-    parts = [clip(episode_digest(*e), budget // shown - 2) for e in episodes[:shown]]
-    if shown < len(episodes):
-        rest = [100 * e[2]["progression"] for e in episodes[shown:]]
-        parts[-1] = clip(parts[-1], budget // shown - 120)
-        parts.append(f"({len(rest)} more episodes not shown; progression {min(rest):.1f}..{max(rest):.1f} %)")
-    return re.sub(r"[\x00-\x08\x0b-\x1f]", "", "\n\n".join(parts)) + "\n"  # NLE texts can hold NULs
-
-
-def episode_digest(header, steps, end):
-    """One episode: outcome, events with their steps (EVENTS_SHOWN of each kind), memory, one step verbatim."""
-    achieved = f"; achievements: {', '.join(end['achievements'])}" if end.get("achievements") else ""
-    lines = [f"### {header['task']} seed {header['seed']}: progression {100 * end['progression']:.1f} %, "
-             f"{end['steps']} steps, ended by {end['end_reason']}{achieved}"]
-    fallbacks = [t for t, s in enumerate(steps) if s.get("fallback")]
-    if fallbacks:
-        ended = [steps[t]["plan"]["ended"] for t in fallbacks]
-        lines.append(f"fallback: in {len(fallbacks)} of {len(steps)} steps ({spans(fallbacks)}) PLAN committed no action "
-                     f"({', '.join(f'{e} x{ended.count(e)}' for e in dict.fromkeys(ended))}); '{steps[fallbacks[0]]['action']}' ran")
-    events = {k: [] for k in ("no new game state", "invalid action", "sent back by check_action", "empty search",
-                              "redundant write", "progress")}
-    # metrics.unproductive_rate's steps (stuck or back to a recent state), grouped into stretches
-    stretches = []
-    for t, unproductive in enumerate(metrics.unproductive_steps(steps, end)):
-        if unproductive:
-            if stretches and stretches[-1][-1] == t - 1:
-                stretches[-1].append(t)
-            else:
-                stretches.append([t])
-    for stretch in (s for s in stretches if len(s) >= STUCK_MIN):
-        acts = [steps[i]["action"] for i in stretch]
-        counts = ", ".join(f"{line(a, 40)!r} x{acts.count(a)}" for a in dict.fromkeys(acts))
-        events["no new game state"].append(f"steps {stretch[0]}-{stretch[-1]}: {len(stretch)} steps stuck or back "
-                                           f"to a recent state; actions {counts}")
-    example = next((s[0] for s in stretches if len(s) >= STUCK_MIN), None)
-    for t, s in enumerate(steps):
-        if not s["valid"]:
-            events["invalid action"].append(f"step {t}: {line(s['action'], 80)!r} is not an action "
-                                            f"('{s['executed']}' ran)")
-            example = t if example is None else example
-        events["sent back by check_action"] += [f"step {t}: {g['action']!r} sent back: {line(g['reason'], 120)}"
-                                                for g in s.get("gate", [])]
-        for routine, call, _ in automem.model_calls(header, s):
-            # zip: the op that ended the routine (ACTION, DONE) has no result
-            for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
-                if name == "SEARCH" and r["ok"] and r["matches"] == 0:
-                    events["empty search"].append(f"step {t} {routine.upper()}: SEARCH {line('|'.join(args), 80)} "
-                                                  f"found nothing")
-                if r.get("redundant"):
-                    events["redundant write"].append(f"step {t} {routine.upper()}: {name} "
-                                                     f"{line('|'.join(args), 80)} was already there")
-        if s["progression"] > (steps[t - 1]["progression"] if t else 0.0):
-            events["progress"].append(f"step {t}: {s['action']!r} -> progression {100 * s['progression']:.1f} %")
-    for kind, found in events.items():
-        if found:
-            more = [f"... {len(found) - EVENTS_SHOWN} more"] if len(found) > EVENTS_SHOWN else []
-            lines.append(f"{kind} ({len(found)}):\n  " + "\n  ".join(found[:EVENTS_SHOWN] + more))
-    memory, initial = end.get("memory") or {}, header.get("files") or {}
-    changed = [f"{name} ({text.count(chr(10))} lines): ...{line(text[-160:], 160)}"
-               for name, text in memory.items() if text != initial.get(name)]
-    lines.append(f"memory at the end: {len(memory) - len(changed)} of {len(memory)} files as at the start"
-                 + ("; changed: " + "; ".join(changed) if changed else ""))
-    if steps:
-        t = example if example is not None else 0
-        lines.append(step_verbatim(header, t, steps[t]))
-    lines.append("final observation:\n  " + clip(end["final_observation"], 400).replace("\n", "\n  "))
-    return "\n".join(lines)
-
-
-def spans(ts):
-    """Sorted step numbers as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
-    out = []
-    for i, t in enumerate(ts):
-        if i and t == ts[i - 1] + 1:
-            out[-1][1] = t
-        else:
-            out.append([t, t])
-    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
-
-
-def step_verbatim(header, t, s):
-    """One step as the model saw and answered it (clipped), so the meta-LLM sees real replies."""
-    lines = [f"step {t} verbatim: observation:\n  " + clip(s["observation"], 500).replace("\n", "\n  ")]
-    for routine, call, _ in automem.model_calls(header, s):
-        lines.append(f"  {routine.upper()} reply: {line(call['reply'], 300)!r}")
-    lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -418,39 +320,50 @@ def validate_hooks(scaffold_dir, work, env, replay, timeout):
     try:
         jailed.start()  # imports hooks.py, in the jail
         for ep in replay:
-            game = envs.make(env, ep["task"])
-            obs = game.reset(ep["seed"])
-            agent = automem.Agent({**scaffold, "hooks": hooks}, None, game, work / f"replay_{ep['task']}_{ep['seed']}")
-            agent.reset()  # no model: the episode's memory and hook context, as in an evaluation
-            ctx = agent.ctx
-            for t, (action, executed) in enumerate(ep["steps"]):
-                ctx.step, ctx.obs, ctx.log_ops = t, obs, []
-                for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
-                    try:
-                        if name in hooks:
-                            hooks[name](ctx, *([action] if name == "check_action" else []))
-                    except ValueError as e:
-                        raise ValueError(f"{e} on the recorded {ep['task']} seed {ep['seed']} step {t}") from None
-                ctx.actions.append(action)
-                ctx.prev_action, ctx.prev_executed, ctx.prev_valid = action, executed, action == executed
-                obs, _, done, _ = game.step(executed)
-                if done:
-                    break
-            game.close()
-        ep = replay[0]
-        game = envs.make(env, ep["task"])
-        actions = itertools.cycle(game.actions)  # a different action each step, for check_action
-        smoke = llm.load("scripted", replies=lambda messages: f"<|DONE|> <|ACTION|>{next(actions)}<|END|>")
-        agent = automem.Agent({**scaffold, "hooks": hooks}, smoke, game, work / "smoke_memory")
-        try:
-            automem.run_episode(agent, game, ep["seed"], work / "smoke.jsonl", max_steps=SMOKE_STEPS)
-        except ValueError as e:
-            raise ValueError(f"smoke episode ({SMOKE_STEPS} steps, scripted model): {e}") from None
-        finally:
-            game.close()
+            replay_episode({**scaffold, "hooks": hooks}, env, ep, work / f"replay_{ep['task']}_{ep['seed']}")
+        smoke_episode({**scaffold, "hooks": hooks}, env, replay[0], work)
     finally:
         jailed.close()
     return {"calls": jailed.calls}
+
+
+def replay_episode(scaffold, env, ep, memory_dir):
+    """The hooks on one recorded episode: its actions replayed in the game, every hook called as in an evaluation."""
+    game = envs.make(env, ep["task"])
+    obs = game.reset(ep["seed"])
+    agent = automem.Agent(scaffold, None, game, memory_dir)
+    agent.reset()  # no model: the episode's memory and hook context, as in an evaluation
+    ctx, hooks = agent.ctx, scaffold["hooks"]
+    try:
+        for t, (action, executed) in enumerate(ep["steps"]):
+            ctx.step, ctx.obs, ctx.log_ops = t, obs, []
+            for name in ("observe",) + (("before_log", "after_log") if t else ()) + ("before_plan", "check_action"):
+                try:
+                    if name in hooks:
+                        hooks[name](ctx, *([action] if name == "check_action" else []))
+                except ValueError as e:
+                    raise ValueError(f"{e} on the recorded {ep['task']} seed {ep['seed']} step {t}") from None
+            ctx.actions.append(action)
+            ctx.prev_action, ctx.prev_executed, ctx.prev_valid = action, executed, action == executed
+            obs, _, done, _ = game.step(executed)
+            if done:
+                break
+    finally:
+        game.close()
+
+
+def smoke_episode(scaffold, env, ep, work):
+    """The hooks in SMOKE_STEPS live steps of the agent with a scripted model that commits a different action each step."""
+    game = envs.make(env, ep["task"])
+    actions = itertools.cycle(game.actions)  # a different action each step, for check_action
+    smoke = llm.load("scripted", replies=lambda messages: f"<|DONE|> <|ACTION|>{next(actions)}<|END|>")
+    agent = automem.Agent(scaffold, smoke, game, work / "smoke_memory")
+    try:
+        automem.run_episode(agent, game, ep["seed"], work / "smoke.jsonl", max_steps=SMOKE_STEPS)
+    except ValueError as e:
+        raise ValueError(f"smoke episode ({SMOKE_STEPS} steps, scripted model): {e}") from None
+    finally:
+        game.close()
 
 
 def replay_request(eval_dir):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import digest
 import eval as evaluation
 import llm
 import loop as machinery  # the name loop is this file's helper
@@ -161,11 +162,11 @@ def replay(v0_run):
 
 
 def test_digest_cites_steps_and_fits_its_budget(v0_run):
-    digest = meta_loop.trace_digest(v0_run, 3000)
-    assert len(digest) <= 3000 and digest.count("### default seed") == 2
-    assert "no new game state (1):\n  steps 0-5: 6 steps stuck or back to a recent state; actions 'Noop' x6" in digest
-    assert "step 0 verbatim" in digest and "PLAN reply: '<|ACTION|>Noop<|END|>'" in digest
-    small = meta_loop.trace_digest(v0_run, 1600)
+    text = digest.trace_digest(v0_run, 3000)
+    assert len(text) <= 3000 and text.count("### default seed") == 2
+    assert "no new game state (1):\n  steps 0-5: 6 steps stuck or back to a recent state; actions 'Noop' x6" in text
+    assert "step 0 verbatim" in text and "PLAN reply: '<|ACTION|>Noop<|END|>'" in text
+    small = digest.trace_digest(v0_run, 1600)
     assert len(small) <= 1600 and "1 more episodes not shown" in small
 
 
