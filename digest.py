@@ -12,21 +12,23 @@ import re
 from pathlib import Path
 
 import automem
+import cli
 import metrics
 
 MIN_EPISODE_CHARS = 1500   # at least this much per episode shown
 EVENTS_SHOWN = 5           # examples per kind of event per episode
 STUCK_MIN = 3              # report stretches of at least this many steps without a new game state
+CUT = " [... cut ...]"      # ends a text cut to fit
 
 
-def clip(text, n):
-    """`text` cut to at most n characters, a cut one ending in " [... cut ...]"."""
-    return text if len(text) <= n else text[:max(0, n - 14)] + " [... cut ...]"
+def fit(text, n):
+    """`text` in at most n characters: cut (cli.clip) and marked CUT when longer."""
+    return text if len(text) <= n else cli.clip(text, max(0, n - len(CUT)), CUT)
 
 
 def line(text, n):
     """`text` as one line of at most n characters."""
-    return clip(" ".join(str(text).split()), n)
+    return fit(" ".join(str(text).split()), n)
 
 
 def trace_digest(eval_dir, budget):
@@ -38,10 +40,10 @@ def trace_digest(eval_dir, budget):
     if not episodes:
         return "(no finished episodes)\n"
     shown = max(1, min(len(episodes), budget // MIN_EPISODE_CHARS))
-    parts = [clip(episode_digest(*e), budget // shown - 2) for e in episodes[:shown]]
+    parts = [fit(episode_digest(*e), budget // shown - 2) for e in episodes[:shown]]
     if shown < len(episodes):
         rest = [100 * e[2]["progression"] for e in episodes[shown:]]
-        parts[-1] = clip(parts[-1], budget // shown - 120)
+        parts[-1] = fit(parts[-1], budget // shown - 120)
         parts.append(f"({len(rest)} more episodes not shown; progression {min(rest):.1f}..{max(rest):.1f} %)")
     return re.sub(r"[\x00-\x08\x0b-\x1f]", "", "\n\n".join(parts)) + "\n"  # NLE texts can hold NULs
 
@@ -102,7 +104,7 @@ def episode_digest(header, steps, end):
     if steps:
         t = example if example is not None else 0
         lines.append(step_verbatim(header, t, steps[t]))
-    lines.append("final observation:\n  " + clip(end["final_observation"], 400).replace("\n", "\n  "))
+    lines.append("final observation:\n  " + fit(end["final_observation"], 400).replace("\n", "\n  "))
     return "\n".join(lines)
 
 
@@ -119,7 +121,7 @@ def spans(ts):
 
 def step_verbatim(header, t, s):
     """One step as the model saw and answered it (clipped), so the meta-LLM sees real replies."""
-    lines = [f"step {t} verbatim: observation:\n  " + clip(s["observation"], 500).replace("\n", "\n  ")]
+    lines = [f"step {t} verbatim: observation:\n  " + fit(s["observation"], 500).replace("\n", "\n  ")]
     for routine, call, _ in automem.model_calls(header, s):
         lines.append(f"  {routine.upper()} reply: {line(call['reply'], 300)!r}")
     lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")

@@ -182,21 +182,16 @@ def utf16_len(text):
 
 # ----------------------------------------------------------------------------- replay page
 
-def clip(text, n):
-    text = text or ""
-    return text if len(text) <= n else text[:n] + f"\n[... {len(text) - n} more characters not shown]"
-
-
 def call_view(call):
     """One model call: its ops with their results (None once the routine stopped)."""
     results = call.get("results") or []
     ops = []
     for i, (name, args) in enumerate(call.get("ops") or []):
         r = results[i] if i < len(results) else None
-        ops.append([name, clip("|".join(args), RESULT_CHARS), None if r is None else
-                    {"t": clip(r["text"], RESULT_CHARS), "ok": r["ok"], "w": r["wrote"], "rd": r["redundant"], "n": r["matches"]},
+        ops.append([name, cli.clip("|".join(args), RESULT_CHARS), None if r is None else
+                    {"t": cli.clip(r["text"], RESULT_CHARS), "ok": r["ok"], "w": r["wrote"], "rd": r["redundant"], "n": r["matches"]},
                     r is None and i == len(results)])  # the op that ended the routine
-    return {"m": call.get("model", "base"), "reply": clip(call.get("reply"), REPLY_CHARS), "ops": ops,
+    return {"m": call.get("model", "base"), "reply": cli.clip(call.get("reply"), REPLY_CHARS), "ops": ops,
             "pt": call.get("prompt_tokens"), "ct": call.get("completion_tokens"), "s": call.get("seconds"),
             "drop": call.get("dropped_action")}
 
