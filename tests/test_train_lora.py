@@ -411,27 +411,26 @@ def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
         train_lora.run_engine(args)
 
 
-def test_proposed_select_must_pass_the_hook_policy():
-    recipe = "```python select.py\n{}```\n```json recipe.json\n{{}}\n```"
-    source, _, _ = train_lora.parse_proposal(recipe.format(
-        "import re\ndef select(example):\n    return bool(re.search('tree', example['target'])), 'k'\n"), "crafter")
-    assert source.startswith("import re")
-    with pytest.raises(ValueError, match="^static check: select.py line 2: name open"):
-        train_lora.parse_proposal(recipe.format("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n"), "crafter")
-    with pytest.raises(ValueError, match="^static check: .*import of os"):
-        train_lora.parse_proposal(recipe.format("import os\ndef select(example):\n    return True, 'k'\n"), "crafter")
+def recipe(select_source, config="{}"):
+    return f"```python select.py\n{select_source}```\n```json recipe.json\n{config}\n```"
 
 
-def test_parse_proposal_errors():
-    with pytest.raises(ValueError, match="^parse: no ```python select.py block"):
-        train_lora.parse_proposal("<select>def select(e):\n    return True, 'k'</select>", "crafter")
-    with pytest.raises(ValueError, match="^static check: select.py line 1: syntax error"):
-        train_lora.parse_proposal("```python select.py\ndef select(e)\n  return\n```\n```json recipe.json\n{}\n```", "crafter")
-    with pytest.raises(ValueError, match="^select: select.py defines no top-level def select"):
-        train_lora.parse_proposal("```python select.py\nx = 1\n```\n```json recipe.json\n{}\n```", "crafter")
-    with pytest.raises(ValueError, match="^config: recipe.json is not JSON"):
-        train_lora.parse_proposal("```python select.py\ndef select(e):\n    return True, 'k'\n```\n"
-                                  "```json recipe.json\n{rank: 4}\n```", "crafter")
-    source, cfg, why = train_lora.parse_proposal("More epochs.\n```python select.py\ndef select(e):\n    return True, 'k'\n```\n"
-                                                 "```json recipe.json\n{\"epochs\": 2}\n```", "crafter")
-    assert source.startswith("def select") and cfg["epochs"] == 2 and cfg["rank"] == 256 and why == "More epochs."
+@pytest.mark.parametrize("reply, error", [
+    ("<select>def select(e):\n    return True, 'k'</select>", "^parse: no ```python select.py block"),
+    (recipe("def select(e)\n  return\n"), "^static check: select.py line 1: syntax error"),
+    (recipe("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n"), "^static check: select.py line 2: name open"),
+    (recipe("import os\ndef select(example):\n    return True, 'k'\n"), "^static check: .*import of os"),
+    (recipe("x = 1\n"), "^select: select.py defines no top-level def select"),
+    (recipe("def select(e):\n    return True, 'k'\n", "{rank: 4}"), "^config: recipe.json is not JSON"),
+    (recipe("def select(e):\n    return True, 'k'\n", "[4]"), "^config: recipe.json holds no JSON object"),
+])
+def test_a_bad_proposal_is_rejected_naming_its_stage(reply, error):
+    """A proposal is parsed, and its select.py must pass the static hook policy (it then runs only in the jail)."""
+    with pytest.raises(ValueError, match=error):
+        train_lora.parse_proposal(reply, "crafter")
+
+
+def test_parse_proposal():
+    select_source = "import re\ndef select(example):\n    return bool(re.search('tree', example['target'])), 'k'\n"
+    source, cfg, why = train_lora.parse_proposal("More epochs.\n" + recipe(select_source, '{"epochs": 2}'), "crafter")
+    assert source == select_source and cfg["epochs"] == 2 and cfg["rank"] == 256 and why == "More epochs."
