@@ -44,10 +44,12 @@ import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 import memory_fs
+import trace_format
 
 PLACEHOLDERS = {  # what each prompt template may use (plus the scaffold's declared slots in log and plan)
     "system": {"instruction", "actions"},
@@ -79,7 +81,6 @@ LIMITS = {"log_turns": 10, "plan_turns": 10, "max_tokens": 4096, "search_max_lin
           "result_max_chars": None, "gate_retries": 2, "stuck_after": 3}
 SCAFFOLD_KEYS = {"name", "env", "prompts", "files", "ops", "aliases", "limits", "grammar", "fallback_action",
                  "search_all", "texts", "slots", "custom_ops", "tasks", "description", "trusted"}
-OBS_REF = "\u27e6observation\u27e7"  # stands for the step's observation in stored messages (read_trace expands it)
 WINDOW_MESSAGES = 16  # sliding-window baseline: last 16 messages (BALROG's max_text_history)
 SLOT = re.compile(r"[a-z][a-z0-9_]{0,39}")
 OP_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
@@ -254,11 +255,20 @@ class Context:
     prev_executed: str | None = None  # what the env ran (its default action after an invalid one)
     prev_valid: bool = True
     log_ops: list = field(default_factory=list)  # [name, args] of the ops this step's LOG ran
-    writes: list = field(default_factory=list)   # this step's memory writes (the trace's record of them)
 
     def write(self, op, *args):
         """A memory write by a hook (APPEND, WRITE, CREATE, UPSERT), recorded like the model's; returns its OpResult."""
         return self.memory.execute(memory_fs.Op(op, list(args), ""), memory_fs.WRITE_OPS)
+
+
+class Turn(NamedTuple):
+    """One model call of a routine, its ops run (Agent.call)."""
+    call: dict          # its trace record (trace_format.Call)
+    ops: list           # the memory_fs.Op of the reply, in order
+    results: list       # the memory_fs.OpResult of the ops that ran (PLAN stops at its ACTION)
+    stop: str | None    # PLAN's committed action, "" for LOG's DONE; None when the reply has neither
+    allowed_op: bool    # the reply wrote an op the routine allows
+    shown: str          # the results as the model sees them next
 
 
 def chat(llm, messages, adapter, max_tokens, seed, grammar=None):
@@ -319,56 +329,68 @@ class Agent:
 
     # -- one env step -----------------------------------------------------------------
     def act(self, step, obs, prev_action, prev_valid, prev_executed=None):
-        """Choose the action for this step; return (action text, step record for the trace)."""
+        """Choose the action for this step; return (action text, the step's trace record: trace_format.Step
+        less what the env adds)."""
         if self.kind != "memory":
             return self.act_baseline(step, obs, prev_action)
         ctx = self.ctx
         ctx.step, ctx.obs, ctx.log_ops = step, obs, []
-        ctx.prev_action, ctx.prev_valid = prev_action, prev_valid
-        ctx.prev_executed = prev_executed or prev_action
-        ctx.writes = self.memory.journal = []  # every write of this step, the model's and the hooks'
-        self.seen = obs.text
-        record = {"hooks": {}}
-        analysis = self.hook("observe", record) or ""
-        # The authors' stuck notice: the text equals the previous one (invalid-action line included)
-        self.unchanged = self.unchanged + 1 if self.prev_text is not None and obs.text.strip() == self.prev_text else 0
-        self.prev_text = obs.text.strip()
-        stuck = "" if not self.unchanged else self.texts[
-            "stuck" if self.unchanged >= self.limits["stuck_after"] else "unchanged"].format(count=self.unchanged)
+        ctx.prev_action, ctx.prev_valid, ctx.prev_executed = prev_action, prev_valid, prev_executed or prev_action
+        self.hook_outputs = {}    # what each hook returned this step: the trace keeps it, so its effect can be ablated
+        self.memory.journal = []  # the memory records every write of this step in it, the model's and the hooks'
+        analysis = self.hook("observe") or ""
+        stuck = self.stuck_notice(obs.text)
         values = {**self.fixed, "step": step, "analysis": analysis, "observation": obs.text}
-        if step > 0:
-            line = (self.texts["prev_action"].format(step=step - 1, action=prev_action) if prev_valid else
-                    self.texts["prev_invalid"].format(step=step - 1, action=prev_action, executed=ctx.prev_executed))
-            text, _ = self.fill("log", values, stuck, self.hook("before_log", record), prev_action=line)
-            record["log"] = self.routine("log", text, step)
-            ctx.log_ops = [op for turn in record["log"]["turns"] for op, r in zip(turn["ops"], turn["results"])
-                           if r["ok"]]  # results align with ops (only PLAN's ACTION has none)
-            self.hook("after_log", record)
-        repeat = self.texts["repeat"].format(action=ctx.prev_executed) if stuck and ctx.prev_executed else ""
-        text, template = self.fill("plan", values, "\n".join(t for t in (stuck, repeat) if t),
-                                   self.hook("before_plan", record))
-        record["plan"] = self.routine("plan", text, step, template=template)
-        action = record["plan"]["action"]
-        record["gate"] = record["plan"].pop("gate")
-        record["fallback"] = action is None
-        action = self.fallback if action is None else action
-        repaired = self.hook("repair_action", record, action)
-        if repaired and repaired != action:
-            record["repaired"] = [action, repaired]
-            action = repaired
+        log = self.log(step, values, stuck) if step > 0 else None
+        plan, gate = self.plan(step, values, stuck)
+        chosen = self.fallback if plan["action"] is None else plan["action"]
+        action = self.hook("repair_action", chosen) or chosen
         ctx.actions.append(action)
-        record["writes"] = ctx.writes
+        record = {"hooks": self.hook_outputs, **({"log": log} if log else {}), "plan": plan, "gate": gate,
+                  "fallback": plan["action"] is None, **({"repaired": [chosen, action]} if action != chosen else {}),
+                  "writes": self.memory.journal}
         self.memory.journal = None
         return action, record
 
-    def hook(self, name, record, *args):
-        """Call one scaffold hook; record what it returned so its effect can be ablated."""
+    def stuck_notice(self, text):
+        """The authors' stuck notice: a warning when the observation (its invalid-action line included) equals
+        the previous one, a critical notice from `stuck_after` such steps in a row; "" when it changed."""
+        text = text.strip()
+        self.unchanged = self.unchanged + 1 if self.prev_text is not None and text == self.prev_text else 0
+        self.prev_text = text
+        if not self.unchanged:
+            return ""
+        return self.texts["stuck" if self.unchanged >= self.limits["stuck_after"] else "unchanged"].format(
+            count=self.unchanged)
+
+    def log(self, step, values, stuck):
+        """LOG: a fresh chat that opens with what the last action did; then hook after_log. Returns its record."""
+        ctx = self.ctx
+        line = (self.texts["prev_action"].format(step=step - 1, action=ctx.prev_action) if ctx.prev_valid else
+                self.texts["prev_invalid"].format(step=step - 1, action=ctx.prev_action, executed=ctx.prev_executed))
+        text, _ = self.fill("log", values, stuck, self.hook("before_log"), prev_action=line)
+        log, _ = self.routine("log", text, step)
+        ctx.log_ops = [op for call in log["turns"] for op, result in zip(call["ops"], call["results"])
+                       if result["ok"]]  # results align with ops (only PLAN's ACTION has none)
+        self.hook("after_log")
+        return log
+
+    def plan(self, step, values, stuck):
+        """PLAN: a fresh chat that commits the action (None if it never does). Returns its record and the
+        gate's refusals."""
+        repeat = self.texts["repeat"].format(action=self.ctx.prev_executed) if stuck and self.ctx.prev_executed else ""
+        text, template = self.fill("plan", values, "\n".join(t for t in (stuck, repeat) if t), self.hook("before_plan"))
+        return self.routine("plan", text, step, template=template)
+
+    def hook(self, name, *args, record=True):
+        """Call one scaffold hook (None when the scaffold has none); record what it returned unless told not to
+        (check_action's reasons are recorded in the gate)."""
         fn = self.hooks.get(name)
         if fn is None:
             return None
         out = fn(self.ctx, *args)
-        if out is not None:
-            record["hooks"].setdefault(name, []).append(out if isinstance(out, str) else repr(out))
+        if out is not None and record:
+            self.hook_outputs.setdefault(name, []).append(out if isinstance(out, str) else repr(out))
         return out
 
     def fill(self, name, values, notices, extra, **more):
@@ -393,73 +415,90 @@ class Agent:
                                  custom=self.scaffold["custom_ops"])
 
     def routine(self, name, user_text, step, template=None):
-        """Run LOG or PLAN: one chat of model calls with memory ops between them (see the module docstring)."""
-        allowed = set(self.scaffold["ops"][name])
-        aliases, custom = self.scaffold["aliases"], set(self.scaffold["custom_ops"])
+        """Run LOG or PLAN: one chat of model calls with memory ops between them (see the module docstring).
+        Returns (its trace_format.Routine, the gate's refusals: PLAN actions check_action sent back)."""
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": user_text}]
-        turns, action, ended, gate = [], None, "limit", []
-        consult = self.two_model and name == "plan"  # stage 1 of the split: the memory model consults first
-        n_turns = self.limits[f"{name}_turns"]
-        spent = 0  # calls after the consultation (all calls without one): at most n_turns
-        for turn in range(n_turns * (2 if consult else 1)):
-            if not consult and spent == n_turns:
-                break
-            spent += not consult
-            use_memory = self.two_model and (name == "log" or consult)
-            llm, adapter = (self.memory_llm, self.memory_adapter) if use_memory else (self.llm, None)
-            grammar = self.grammar(name, last=not consult and spent == n_turns) if self.scaffold["grammar"] else None
-            reply, call = chat(llm, messages, adapter, self.limits["max_tokens"], self.call_seed(step, name, turn), grammar)
-            call["model"] = "memory" if use_memory else "base"
-            # store only what this call added; the system prompt is in the header, the observation in the step
-            call["messages"] = ([{"role": "user", "content": user_text.replace(self.seen, OBS_REF, 1)}]
-                                if turn == 0 else messages[-1:])
-            ops = memory_fs.parse_ops(reply, aliases, custom)
-            mine = [op for op in ops if op.name in allowed or op.alias in allowed]
-            call["ops"] = [[op.alias or op.name, op.args] for op in ops]
-            results, stop = [], None
-            for op in ops:  # in the order written; PLAN stops at its ACTION, LOG runs every op of a reply with DONE
-                if op.name == "ACTION" and name == "plan":
-                    stop = op.args[0].strip() if op.args else ""
-                    break
-                results.append(self.custom_op(op, allowed) if op.name in custom else self.memory.execute(op, allowed))
-                if op.name == "DONE" and name == "log" and stop is None:
-                    stop = ""
-            call["results"] = [{"text": r.text, "ok": r.ok, "wrote": r.wrote, "redundant": r.redundant,
-                                "matches": r.matches} for r in results]
-            turns.append(call)
-            shown = memory_fs.format_results(results) or "(no results)"
-            if consult and (stop is not None or not mine):
-                consult = False  # the consultation is over: hand the same chat to the base model
-                if stop is not None:
-                    call["dropped_action"] = stop
-                    kept = reply.replace(ops[len(results)].raw, "").strip() if len(results) < len(ops) else reply
-                    reply = call["kept"] = kept or self.texts["consult_done"]  # what the base model sees
-                messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": (
-                    self.texts["handoff_results"].format(results=shown) if results else self.texts["handoff"])}]
-                continue
-            if consult and turn == n_turns - 1:
-                consult = False  # its calls are spent: the base model takes the chat as it stands (results shown)
+        turns = []
+        if self.two_model and name == "plan":  # stage 1 of the split: the memory model consults memory first
+            turns, messages = self.consult(messages, step)
+        action, ended, gate, n_turns = None, "limit", [], self.limits[f"{name}_turns"]
+        for k in range(n_turns):
+            turn = self.call(name, messages, step, len(turns), memory_model=self.two_model and name == "log",
+                             last=k == n_turns - 1)
+            turns.append(turn.call)
+            reply, stop = turn.call["reply"], turn.stop
             if stop is not None and name == "plan":
-                reason = (self.hook("check_action", {"hooks": {}}, stop)  # the gate list records it
+                reason = (self.hook("check_action", stop, record=False)
                           if len(gate) < self.limits["gate_retries"] else None)
                 if not reason:
                     action, ended = stop, "action"
                     break
-                gate.append({"action": stop, "reason": reason, "turn": turn})
-                messages += [{"role": "assistant", "content": reply},
-                             {"role": "user", "content": self.texts["sent_back"].format(action=stop, reason=reason)}]
-                continue
-            if stop is not None:
+                gate.append({"action": stop, "reason": reason, "turn": len(turns) - 1})
+                answer = self.texts["sent_back"].format(action=stop, reason=reason)
+            elif stop is not None:
                 ended = "done"
                 break
-            if not mine:
+            elif not turn.allowed_op:
                 ended = "no_op"
                 break
-            messages += [{"role": "assistant", "content": reply},
-                         {"role": "user", "content": self.fill_continue(name, shown)}]
-        return {"turns": turns, "ended": ended, "action": action, "gate": gate,
-                **({"template": template} if template and template != name else {})}
+            else:
+                answer = self.fill_continue(name, turn.shown)
+            messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": answer}]
+        return {"turns": turns, "ended": ended, "action": action,
+                **({"template": template} if template and template != name else {})}, gate
+
+    def consult(self, messages, step):
+        """Stage 1 of the two-model split: the memory model reads memory in the PLAN chat, up to plan_turns calls,
+        until it proposes an action (dropped: the base model commits) or writes no op PLAN allows. Returns its
+        calls and the chat the base model takes over: with a hand-off message, or as it stands once the calls
+        are spent."""
+        turns, n_turns = [], self.limits["plan_turns"]
+        for k in range(n_turns):
+            turn = self.call("plan", messages, step, k, memory_model=True, last=False)
+            turns.append(turn.call)
+            reply = turn.call["reply"]
+            if turn.stop is None and turn.allowed_op:
+                messages += [{"role": "assistant", "content": reply},
+                             {"role": "user", "content": self.fill_continue("plan", turn.shown)}]
+                continue
+            if turn.stop is not None:  # what the base model sees: the reply without the action
+                turn.call["dropped_action"] = turn.stop
+                kept = reply.replace(turn.ops[len(turn.results)].raw, "").strip()
+                reply = turn.call["kept"] = kept or self.texts["consult_done"]
+            handoff = (self.texts["handoff_results"].format(results=turn.shown) if turn.results
+                       else self.texts["handoff"])
+            messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": handoff}]
+            break
+        return turns, messages
+
+    def call(self, name, messages, step, turn, memory_model, last):
+        """One model call of a routine, then the ops of its reply, in the order written: PLAN stops at its ACTION,
+        LOG runs every op of a reply with DONE. Returns a Turn: the call's trace record and what the routine
+        decides on."""
+        allowed, custom = set(self.scaffold["ops"][name]), set(self.scaffold["custom_ops"])
+        llm, adapter = (self.memory_llm, self.memory_adapter) if memory_model else (self.llm, None)
+        grammar = self.grammar(name, last) if self.scaffold["grammar"] else None
+        reply, call = chat(llm, messages, adapter, self.limits["max_tokens"], self.call_seed(step, name, turn), grammar)
+        call["model"] = "memory" if memory_model else "base"
+        # store only what this call added; the system prompt is in the header, the observation in the step
+        added = messages[-1]["content"]
+        call["messages"] = [{"role": "user", "content": added.replace(self.ctx.obs.text, trace_format.OBS_REF, 1)
+                             if turn == 0 else added}]
+        ops = memory_fs.parse_ops(reply, self.scaffold["aliases"], custom)
+        call["ops"] = [[op.alias or op.name, op.args] for op in ops]
+        results, stop = [], None
+        for op in ops:
+            if op.name == "ACTION" and name == "plan":
+                stop = op.args[0].strip() if op.args else ""
+                break
+            results.append(self.custom_op(op, allowed) if op.name in custom else self.memory.execute(op, allowed))
+            if op.name == "DONE" and name == "log" and stop is None:
+                stop = ""
+        call["results"] = [{"text": r.text, "ok": r.ok, "wrote": r.wrote, "redundant": r.redundant,
+                            "matches": r.matches} for r in results]
+        return Turn(call, ops, results, stop, any(op.name in allowed or op.alias in allowed for op in ops),
+                    memory_fs.format_results(results) or "(no results)")
 
     def fill_continue(self, name, results):
         return self.scaffold["prompts"][f"{name}_continue"].format(results=results, file_index=self.memory.index())
@@ -473,12 +512,12 @@ class Agent:
             return result(f"[{op.name}] error: {op.name} is not allowed here; allowed: {', '.join(sorted(allowed))}", False)
         if "custom_op" not in self.hooks:
             return result(f"[{op.name}] error: no custom_op hook runs {op.name}", False)
-        before = len(self.ctx.writes)
+        before = len(self.memory.journal)
         try:
             text = self.hooks["custom_op"](self.ctx, op)
         except ValueError as e:
             return result(f"[{op.name}] error: {e}", False)
-        return result(str(text), True, wrote=len(self.ctx.writes) > before)
+        return result(str(text), True, wrote=len(self.memory.journal) > before)
 
     # -- baselines ----------------------------------------------------------------------
     def act_baseline(self, step, obs, prev_action):
@@ -494,12 +533,13 @@ class Agent:
         messages = [{"role": "user", "content": self.game.instruction}] + window
         reply, call = chat(self.llm, messages, None, self.limits["max_tokens"], self.call_seed(step, self.kind, 0),
                            self.baseline_grammar)
-        call["messages"] = messages
+        call.update(model="base", messages=messages, ops=[], results=[])  # a baseline runs no memory op
         answer = reply.rsplit("ACTION:", 1)[-1] if self.kind == "cot" else reply
         # Unlike BALROG's letters-only filter, keep digits (NetHack answers) and strip only edge punctuation.
         action = (answer.strip().splitlines() or [""])[0].strip(" \t.,;:!\"'`*")
         self.last_reply = reply
-        return action, {"plan": {"turns": [call], "ended": "action", "action": action}, "fallback": False, "writes": []}
+        return action, {"hooks": {}, "plan": {"turns": [call], "ended": "action", "action": action}, "gate": [],
+                        "fallback": False, "writes": []}
 
 
 BASELINE_GRAMMAR = {  # with grammar on: an action name alone, or a line of thought and then the action line
@@ -515,20 +555,18 @@ BASELINE_ASK = {
 # ----------------------------------------------------------------------------- episode
 
 def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, progress=None):
-    """Play one episode, writing one JSONL line per step (flushed) to trace_path; return the end record."""
+    """Play one episode, writing its trace (trace_format: a header, a line per step, flushed; the end);
+    return the end record."""
     max_steps = max_steps or game.max_steps
     agent.reset()
     obs = game.reset(seed)
-    trace_path = Path(trace_path)
-    trace_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = trace_path.with_suffix(".part")
-    with open(tmp, "w") as f:
-        write_line(f, {"type": "episode", "env": game.env, "task": game.task, "seed": seed,
-                       "agent": agent.kind, "scaffold": agent.scaffold["name"], "scaffold_hash": agent.scaffold["hash"],
-                       "system": agent.system if agent.kind == "memory" else None, "text_mode": game.text_mode,
-                       "context": agent.context,
-                       "files": agent.scaffold["files"] if agent.kind == "memory" else {},
-                       "actions": game.actions, "max_steps": max_steps, **(header or {})})
+    memory_agent = agent.kind == "memory"
+    with trace_format.writing(trace_path) as write:
+        write({"type": "episode", "version": trace_format.VERSION, "env": game.env, "task": game.task, "seed": seed,
+               "agent": agent.kind, "scaffold": agent.scaffold["name"], "scaffold_hash": agent.scaffold["hash"],
+               "system": agent.system if memory_agent else None, "text_mode": game.text_mode,
+               "context": agent.context, "files": agent.scaffold["files"] if memory_agent else {},
+               "actions": game.actions, "max_steps": max_steps, **(header or {})})
         prev_action, prev_valid, prev_executed, total_reward, info, step = None, True, None, 0.0, {}, 0
         # A full memory snapshot once the writes since the last one add up to the memory's size: snapshots
         # then cost no more than the writes they sum up, and any step rebuilds from one memory's worth of ops.
@@ -536,20 +574,20 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
         t_episode = time.time()
         for step in range(max_steps):
             t0 = time.time()
-            seen = obs.text
+            observation = obs.text
             action, record = agent.act(step, obs, prev_action, prev_valid, prev_executed)
             t_agent = time.time() - t0
             obs, reward, done, info = game.step(action)
             total_reward += reward
-            record.update({"type": "step", "step": step, "observation": seen,
+            record.update({"type": "step", "step": step, "observation": observation,
                            "action": action, "valid": info["valid"], "executed": info["executed"],
                            "reward": reward, "done": done, "progression": info["progression"],
                            "seconds": round(time.time() - t0, 4), "agent_seconds": round(t_agent, 4)})
             written += len(json.dumps(record["writes"])) if record["writes"] else 0
-            if agent.kind == "memory" and written >= snapshot_budget:
+            if memory_agent and written >= snapshot_budget:
                 record["snapshot"] = agent.memory.snapshot()
                 snapshot_budget, written = max(4096, len(json.dumps(record["snapshot"]))), 0
-            write_line(f, record)
+            write(record)
             prev_action, prev_valid, prev_executed = action, info["valid"], info["executed"]
             if progress:
                 progress(1)
@@ -559,60 +597,9 @@ def run_episode(agent, game, seed, trace_path, max_steps=None, header=None, prog
                "success": info.get("success"), "success_balrog": info.get("success_balrog"),
                "end_reason": info.get("end_reason"), "achievements": info.get("achievements"),
                "return": total_reward, "seconds": round(time.time() - t_episode, 2),
-               "final_observation": obs.text,
-               "memory": agent.memory.snapshot() if agent.kind == "memory" else {}}
-        write_line(f, end)
-    tmp.replace(trace_path)  # a finished trace appears atomically; a .part file is an interrupted episode
+               "final_observation": obs.text, "memory": agent.memory.snapshot() if memory_agent else {}}
+        write(end)
     return end
-
-
-def write_line(f, obj):
-    f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    f.flush()
-
-
-def read_trace(path):
-    """Load a trace: (header, steps, end or None). A half-written last line is ignored."""
-    header, steps, end = None, [], None
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # only the last line of a killed run can be partial
-            kind = rec.get("type")
-            if kind == "episode":
-                header = rec
-            elif kind == "step":
-                for routine in ("log", "plan"):
-                    for turn in (rec.get(routine) or {}).get("turns", []):
-                        for m in turn.get("messages", []):
-                            m["content"] = m["content"].replace(OBS_REF, rec.get("observation") or "", 1)
-                steps.append(rec)
-            elif kind == "end":
-                end = rec
-    return header, steps, end
-
-
-def routine_runs(header, step):
-    """(routine, [(turn record, the exact messages sent), ...]) for the LOG and PLAN chats of one trace step."""
-    for routine in ("log", "plan"):
-        turns = (step.get(routine) or {}).get("turns", [])
-        if not turns:
-            continue
-        chat, calls = [{"role": "system", "content": header["system"]}] if header.get("system") else [], []
-        for turn in turns:
-            chat = chat + turn.get("messages", [])
-            calls.append((turn, chat))
-            chat = chat + [{"role": "assistant", "content": turn.get("kept", turn["reply"])}]
-        yield routine, calls
-
-
-def model_calls(header, step):
-    """(routine, turn record, the exact messages sent) for every model call of one trace step, in order."""
-    for routine, calls in routine_runs(header, step):
-        for turn, chat in calls:
-            yield routine, turn, chat
 
 
 # ----------------------------------------------------------------------------- hook helpers

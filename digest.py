@@ -11,9 +11,9 @@ with its steps (EVENTS_SHOWN of each kind); the final memory against the initial
 import re
 from pathlib import Path
 
-import automem
 import cli
 import metrics
+import trace_format
 
 MIN_EPISODE_CHARS = 1500   # at least this much per episode shown
 EVENTS_SHOWN = 5           # examples per kind of event per episode
@@ -35,7 +35,7 @@ def trace_digest(eval_dir, budget):
     """What went wrong in the episodes, lowest progression first, cut to `budget` characters."""
     if budget < 200:
         return "(no room left for the trace digest: raise --meta-budget)\n"
-    episodes = [automem.read_trace(p) for p in sorted(Path(eval_dir, "traces").rglob("*.jsonl"))]
+    episodes = [trace_format.read_trace(p) for p in sorted(Path(eval_dir, "traces").rglob("*.jsonl"))]
     episodes = sorted((e for e in episodes if e[2]), key=lambda e: e[2]["progression"])
     if not episodes:
         return "(no finished episodes)\n"
@@ -81,7 +81,7 @@ def episode_digest(header, steps, end):
             example = t if example is None else example
         events["sent back by check_action"] += [f"step {t}: {g['action']!r} sent back: {line(g['reason'], 120)}"
                                                 for g in s.get("gate", [])]
-        for routine, call, _ in automem.model_calls(header, s):
+        for routine, call, _ in trace_format.model_calls(header, s):
             # zip: the op that ended the routine (ACTION, DONE) has no result
             for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
                 if name == "SEARCH" and r["ok"] and r["matches"] == 0:
@@ -122,7 +122,7 @@ def spans(ts):
 def step_verbatim(header, t, s):
     """One step as the model saw and answered it (clipped), so the meta-LLM sees real replies."""
     lines = [f"step {t} verbatim: observation:\n  " + fit(s["observation"], 500).replace("\n", "\n  ")]
-    for routine, call, _ in automem.model_calls(header, s):
+    for routine, call, _ in trace_format.model_calls(header, s):
         lines.append(f"  {routine.upper()} reply: {line(call['reply'], 300)!r}")
     lines.append(f"  action: {s['action']!r} ({'valid' if s['valid'] else 'invalid'})")
     return "\n".join(lines)

@@ -43,6 +43,7 @@ import jail
 import llm
 import metrics
 import replay
+import trace_format
 
 ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_tokens": 64}
@@ -336,7 +337,7 @@ def summarize(config, run_dir):
     for job in config["jobs"]:
         path = trace_path(run_dir, job)
         if path.is_file():
-            by_env.setdefault(job["env"], []).append(automem.read_trace(path))
+            by_env.setdefault(job["env"], []).append(trace_format.read_trace(path))
     results = {"run": config["run_name"], "agent": config["agent"], "model": config["backend"]["model"], "envs": {}}
     for env, episodes in by_env.items():
         tasks = {}
@@ -476,7 +477,7 @@ def check_run_dir(config, run_dir):
         path = trace_path(run_dir, job)
         if path.exists() and not path.is_file():
             raise ValueError(f"{path} is in the way of a trace (not a file); move it away")
-        damage = path.is_file() and trace_damage(path, job)
+        damage = path.is_file() and trace_format.damage(path, job)
         if damage:
             aside = path.with_name(path.name + ".damaged")
             path.replace(aside)
@@ -490,25 +491,6 @@ def check_run_dir(config, run_dir):
     tmp.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     tmp.replace(config_path)
-
-
-def trace_damage(path, job):
-    """Why a finished trace cannot be counted (None when whole): every line a JSON record, this episode's
-    header first, an end record with its progression last."""
-    records = []
-    try:
-        for line in path.read_text().splitlines():
-            records.append(json.loads(line))
-    except ValueError:  # bad JSON or bytes that are not UTF-8
-        return f"line {len(records) + 1} is not JSON"
-    if not records or not all(isinstance(r, dict) for r in records):
-        return "empty, or a line is not a record"
-    head, end = records[0], records[-1]
-    if head.get("type") != "episode" or [head.get(k) for k in ("env", "task", "seed")] != [job[k] for k in ("env", "task", "seed")]:
-        return "no header of this episode"
-    if end.get("type") != "end" or not isinstance(end.get("progression"), (int, float)):
-        return "no end record"
-    return None
 
 
 def outcomes(config, run_dir, todo, server):

@@ -238,9 +238,10 @@ class LlamaCpp:
 
 def trace_replies(path):
     """The replies a trace recorded, in the order they were made (LOG, PLAN attempts sent back, PLAN)."""
-    import automem  # the trace format's owner
-    header, steps, _ = automem.read_trace(path)
-    return [turn["reply"] for step in steps for _, turn, _ in automem.model_calls(header or {}, step)]
+    import trace_format
+    _, steps, _ = trace_format.read_trace(path)
+    return [call["reply"] for step in steps for routine in ("log", "plan") if routine in step
+            for call in step[routine]["turns"]]
 
 
 def _words(text):

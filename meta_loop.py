@@ -71,6 +71,7 @@ import jail
 import llm
 import loop
 import metrics
+import trace_format
 from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
 from digest import line
 from loop import model_tag, rel, score_text, write_json
@@ -371,7 +372,7 @@ def replay_request(eval_dir):
     paths = sorted(Path(eval_dir, "traces").rglob("*.jsonl"), key=lambda p: (p.stem.split("__")[-1], p.name))
     chosen = []
     for path in paths[:REPLAY_EPISODES]:
-        header, steps, _ = automem.read_trace(path)
+        header, steps, _ = trace_format.read_trace(path)
         chosen.append({"task": header["task"], "seed": header["seed"],
                        "steps": [[s["action"], s["executed"]] for s in steps[:REPLAY_STEPS]]})
     return chosen

@@ -2,7 +2,7 @@
 metrics.py: progression and memory-behaviour metrics from episode traces, one function each.
 
 Every function takes a list of episodes, each the (header, steps, end) triple that
-automem.read_trace returns, and pools over them (a ratio is total numerator / total
+trace_format.read_trace returns, and pools over them (a ratio is total numerator / total
 denominator, so long episodes weigh by their steps; with a zero denominator, e.g. no SEARCH
 at all, the metric is None, shown as n/a). Definitions (also in the README):
 

@@ -27,8 +27,8 @@ import jinja2
 import numpy as np
 from PIL import Image
 
-import automem
 import cli
+import trace_format
 import memory_fs
 
 RESULT_CHARS = 1500  # page: op result text kept per op
@@ -84,7 +84,7 @@ def record_frames(trace, every=1):
     deterministic), checking each observation against the trace, and store them with save_frames
     beside the trace. NetHack/MiniHack need none (their map is in the trace): returns None."""
     import envs  # here, not at the top: only rebuilding frames needs a game
-    header, steps, end = automem.read_trace(trace)
+    header, steps, end = trace_format.read_trace(trace)
     if header is None or header["env"] != "crafter":
         return None
     game = envs.make(header["env"], header["task"], max_steps=header["max_steps"])
@@ -205,7 +205,7 @@ def routine_view(routine):
 
 def episode_view(trace):
     """Everything the page shows of one episode, from its trace (and frames file, if any)."""
-    header, steps, end = automem.read_trace(trace)
+    header, steps, end = trace_format.read_trace(trace)
     if header is None or not steps:
         raise ValueError(f"{trace}: not an episode trace with steps (expected runs/<name>/traces/<env>/<task>__NN.jsonl)")
     view_steps, mem, problems, total = [], [], [], 0.0

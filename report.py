@@ -28,9 +28,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-import automem
 import cli
 import eval as evaluation
+import trace_format
 import metrics
 from envs import ENVS
 
@@ -160,7 +160,7 @@ def pooled(parts, env):
     cell = {**metrics.progression_stats([e["progression"] for e in episodes]),
             "expected": sum(run["results"]["envs"][env]["expected_episodes"] for run in parts)}
     return (cell, {t: metrics.progression_stats(v) for t, v in tasks.items()},
-            metrics.behaviour([automem.read_trace(path) for path in paths if path.is_file()]))
+            metrics.behaviour([trace_format.read_trace(path) for path in paths if path.is_file()]))
 
 
 def table_rows(runs, paper=False):

@@ -52,13 +52,13 @@ import sys
 import time
 from pathlib import Path
 
-import automem
 import cli
 import eval as evaluation
 import jail
 import llm
 import loop
 import memory_fs
+import trace_format
 import metrics
 
 ROOT = Path(__file__).resolve().parent
@@ -176,7 +176,7 @@ def turn_counts(turn):
 
 def candidates(path):
     """Every LOG/PLAN turn of one trace as a candidate example, or None if it is no memory-agent trace."""
-    header, steps, end = automem.read_trace(path)
+    header, steps, end = trace_format.read_trace(path)
     if not header or header.get("agent") != "memory":
         return None
     productive, runs = step_flags(steps, end)
@@ -184,7 +184,7 @@ def candidates(path):
     out, before = [], 0.0
     for t, s in enumerate(steps):
         refused = {g["turn"] for g in s.get("gate") or []}  # PLAN turns whose action check_action sent back
-        for routine, mine in automem.routine_runs(header, s):
+        for routine, mine in trace_format.routine_runs(header, s):
             counts = [turn_counts(turn) for turn, _ in mine]
             for k, (turn, chat) in enumerate(mine):
                 sent_back = routine == "plan" and k in refused
@@ -784,7 +784,7 @@ def run_engine(args):
     """The engine on loop.py's machinery: the baseline evaluated once, then recipes until args.iterations are done."""
     config = engine_config(args)
     run_dir = loop.prepare_run_dir(config, args.runs_dir)
-    traces = [automem.read_trace(p)[0] for p in trace_paths(config["runs"])]
+    traces = [trace_format.read_trace(p)[0] for p in trace_paths(config["runs"])]
     leaked = sorted({h["seed"] for h in traces if h and h.get("env") == args.env}
                     & set(evaluation.read_seeds(config["seeds"]).get(args.env, [])))
     if leaked:

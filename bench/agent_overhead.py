@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import automem  # noqa: E402
+import trace_format  # noqa: E402
 import envs  # noqa: E402
 import llm  # noqa: E402
 
@@ -63,7 +64,7 @@ def measure(at, steps, out_dir):
     t0 = time.perf_counter()
     end = automem.run_episode(agent, game, seed=42, trace_path=trace, max_steps=steps)
     wall = time.perf_counter() - t0
-    header, recs, _ = automem.read_trace(trace)
+    header, recs, _ = trace_format.read_trace(trace)
     llm_seconds = sum(t["seconds"] for r in recs for ph in ("log", "plan") for t in (r.get(ph) or {}).get("turns", []))
     lines = trace.read_text().splitlines()
     step_bytes = sum(len(line.encode()) + 1 for line in lines[1:-1])  # step lines; header and end once per episode

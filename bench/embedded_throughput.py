@@ -20,7 +20,7 @@ from pathlib import Path
 import llama_cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import automem  # noqa: E402
+import trace_format  # noqa: E402
 import llm  # noqa: E402
 import memory_fs  # noqa: E402
 
@@ -78,8 +78,8 @@ def main():
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "embedded_throughput.json"))
     args = p.parse_args()
-    header, steps, _ = automem.read_trace(args.trace)
-    prompts = [(r, m) for s in steps for r, _, m in automem.model_calls(header, s)][:args.calls]
+    header, steps, _ = trace_format.read_trace(args.trace)
+    prompts = [(r, m) for s in steps for r, _, m in trace_format.model_calls(header, s)][:args.calls]
     backend = llm.load("llamacpp")
     paths = {"direct": direct, "ours": ours, "ours + grammar": constrained}
     totals = {name: dict.fromkeys(("prompt_tokens", "prompt_ms", "gen_tokens", "gen_ms", "tokens", "wall_s"), 0)

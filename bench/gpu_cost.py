@@ -288,11 +288,11 @@ def instrument(cls, calls, errors, seconds):
 
 def trace_steps(run_dir):
     """Every step record of the run's traces, finished or cut off by the window (.part)."""
-    import automem
+    import trace_format
     steps = []
     for path in sorted(Path(run_dir, "traces").glob("*/*")):
         if path.suffix in (".jsonl", ".part"):
-            header, recs, _ = automem.read_trace(path)
+            header, recs, _ = trace_format.read_trace(path)
             steps += [(header, s) for s in recs]
     return steps
 
@@ -375,9 +375,9 @@ def run(args):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # `timeout`: stop the server, report
     os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir(args.prefix))
     sys.path.insert(0, str(Path(args.prefix) / "lcp"))  # llama-cpp-python's package, from the sdist
-    import automem
     import envs
     import eval as evaluation
+    import trace_format
     import llm
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
     if args.path != "server" and args.n != 1:
@@ -437,7 +437,7 @@ def run(args):
     window = t1 - t0
     prompt, completion = sum(c["prompt"] for c in calls), sum(c["completion"] for c in calls)
     cached = sum(c["cached"] for c in calls)
-    step_calls = [[t for _, t, _ in automem.model_calls(h, s)] for h, s in steps]
+    step_calls = [[t for _, t, _ in trace_format.model_calls(h, s)] for h, s in steps]
     per_step = lambda key: sum(t[key] for turns in step_calls for t in turns) / max(len(steps), 1)
     context = prompt / max(len(calls), 1) + completion / max(len(calls), 1) / 2
     result = {

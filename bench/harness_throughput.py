@@ -89,8 +89,8 @@ def serve(action, port, ready=None):
 
 def run(url, env, workers, steps, folder):
     """One eval.py run, one episode per worker thread; returns (env steps, LLM calls, steady calls/s, seconds)."""
-    import automem
     import eval as evaluation
+    import trace_format
     import metrics
     seeds = Path(folder) / "seeds.txt"
     seeds.write_text(f"{env}: {' '.join(map(str, range(workers)))}\n")
@@ -107,7 +107,7 @@ def run(url, env, workers, steps, folder):
     failed = [e for e in ends if isinstance(e, Exception)]
     if failed:
         raise SystemExit(f"error: {len(failed)} episode(s) failed: {failed[0]}")
-    traces = [automem.read_trace(evaluation.trace_path(run_dir, j)) for j in config["jobs"]]
+    traces = [trace_format.read_trace(evaluation.trace_path(run_dir, j)) for j in config["jobs"]]
     calls = sum(1 for _, trace_steps, _ in traces for _ in metrics.calls(trace_steps))
     times = sorted(t for t in json.load(urllib.request.urlopen(url + "/stats"))["times"] if t >= start)
     middle = times[len(times) // 4:3 * len(times) // 4]

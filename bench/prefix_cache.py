@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import automem  # noqa: E402
+import trace_format  # noqa: E402
 import llm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def reuse(trace, backend):
     """(reusable tokens, prompt tokens) per routine over one trace."""
-    header, steps, _ = automem.read_trace(trace)
+    header, steps, _ = trace_format.read_trace(trace)
     last, totals = {}, {}
     for step in steps:
-        for routine, _, messages in automem.model_calls(header, step):
+        for routine, _, messages in trace_format.model_calls(header, step):
             tokens = backend.tokens(messages)
             shared = llm.common_prefix(tokens, last.get(routine, []))
             reused, total = totals.get(routine, (0, 0))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import automem  # noqa: E402
+import trace_format  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("runs", nargs="+", help="run folders (runs/<name>)")
@@ -21,8 +21,8 @@ print(f"| run | calls | prompts over {args.window:,} tokens | longest prompt |")
 print("|---|---:|---:|---:|")
 for run in args.runs:
     lengths = [turn["prompt_tokens"] for path in sorted(Path(run).glob("traces/**/*.jsonl"))
-               for header, steps, _ in [automem.read_trace(path)] for step in steps
-               for _, turn, _ in automem.model_calls(header, step)]
+               for header, steps, _ in [trace_format.read_trace(path)] for step in steps
+               for _, turn, _ in trace_format.model_calls(header, step)]
     over = sum(n > args.window for n in lengths)
     print(f"| {Path(run).name} | {len(lengths):,} | {over:,} ({over / max(len(lengths), 1):.1%}) | "
           f"{max(lengths, default=0):,} |")

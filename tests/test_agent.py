@@ -9,6 +9,7 @@ import pytest
 import automem
 import envs
 import llm
+import trace_format
 from test_llm import lora_dir  # noqa: F401 (a fixture: a LoRA adapter shaped for SmolLM2)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def play(tmp_path, game, replies, steps=2, kind="memory", scaffold=None, **agent
     backend = llm.load("scripted", replies=replies)
     agent = automem.Agent(scaffold, backend, game, tmp_path / "mem", kind=kind, **agent_kw)
     end = automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=steps)
-    header, recs, end2 = automem.read_trace(tmp_path / "t.jsonl")
+    header, recs, end2 = trace_format.read_trace(tmp_path / "t.jsonl")
     assert end2 == end and header["seed"] == 42
     return agent, recs, end
 
@@ -194,7 +195,7 @@ def test_two_model_split(tmp_path, game):
     assert plan1[0]["kept"] == "<|SEARCH|>strategy.txt|trees<|END|>"
     assert plan1[1]["messages"][0]["content"].startswith(texts["handoff_results"].split("{results}")[0])
     assert "find trees" in plan1[1]["messages"][0]["content"]
-    _, chat = list(automem.routine_runs({"system": ""}, recs[1]))[-1][1][-1]  # what the base model was sent
+    _, chat = list(trace_format.routine_runs({"system": ""}, recs[1]))[-1][1][-1]  # what the base model was sent
     assert chat[-2] == {"role": "assistant", "content": plan1[0]["kept"]}
 
 
@@ -209,11 +210,11 @@ def test_two_model_split_on_transformers_keeps_the_action_call_base_only(tmp_pat
                                plan="Use <|SEARCH|>file|word<|END|> and <|ACTION|>name<|END|>. {actions}\n{observation}")
     agent = automem.Agent(scaffold, split, game, tmp_path / "mem", memory_adapter="memory", seed=7)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=2)
-    header, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    header, recs, _ = trace_format.read_trace(tmp_path / "t.jsonl")
     base_only = llm.load("transformers")  # a second copy without adapters
     log_differs = base_calls = 0
     for r in recs:
-        for routine, turn, messages in automem.model_calls(header, r):
+        for routine, turn, messages in trace_format.model_calls(header, r):
             again = base_only.chat(messages, max_tokens=16, seed=turn["seed"]).text
             if turn["model"] == "base":
                 base_calls += 1
@@ -271,7 +272,7 @@ def test_grammar_makes_the_embedded_model_write_ops_and_valid_actions(tmp_path, 
     scaffold["limits"].update(log_turns=2, plan_turns=2, max_tokens=48)
     agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem")
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
-    _, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    _, recs, _ = trace_format.read_trace(tmp_path / "t.jsonl")
     assert all(not r["fallback"] and r["valid"] and r["action"] in game.actions for r in recs)
     for r in recs:
         for routine in ("log", "plan"):
@@ -288,7 +289,7 @@ def test_grammar_for_the_baselines(tmp_path, game, kind):
     scaffold["limits"]["max_tokens"] = 48
     agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem", kind=kind)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=2)
-    _, recs, _ = automem.read_trace(tmp_path / "t.jsonl")
+    _, recs, _ = trace_format.read_trace(tmp_path / "t.jsonl")
     assert all(r["valid"] and r["action"] in game.actions for r in recs)
     reply = recs[0]["plan"]["turns"][0]["reply"]
     assert reply == recs[0]["action"] if kind == "window" else reply.endswith("ACTION: " + recs[0]["action"])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import automem
 import envs
 import eval as evaluation
+import trace_format
 import llm
 
 VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
@@ -68,7 +68,7 @@ def test_episode_i_plays_the_ith_seed_of_the_seeds_file(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert [j["seed"] for j in config["jobs"]] == [50, 42] and config["seeds_file"] == str(seeds)
     for i, seed in enumerate([50, 42]):
-        header, steps, _ = automem.read_trace(run_dir / "traces" / "crafter" / f"default__{i:02d}.jsonl")
+        header, steps, _ = trace_format.read_trace(run_dir / "traces" / "crafter" / f"default__{i:02d}.jsonl")
         assert (header["episode"], header["seed"]) == (i, seed)
         assert steps[0]["observation"] == envs.make("crafter").reset(seed).text
 
@@ -95,7 +95,7 @@ def test_sampling_seed_of_an_episode():
 def test_trace_damage(tmp_path, lines, damage):
     path = tmp_path / "t.jsonl"
     path.write_text("".join(line + "\n" for line in lines))
-    assert evaluation.trace_damage(path, {"env": "crafter", "task": "default", "episode": 0, "seed": 42}) == damage
+    assert trace_format.damage(path, {"env": "crafter", "task": "default", "episode": 0, "seed": 42}) == damage
 
 
 def test_seed_values_and_episode_counts(tmp_path):

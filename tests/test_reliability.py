@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import automem
 import eval as evaluation
 import jail
+import trace_format
 import llm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def test_sigkill_mid_episode_then_resume(tmp_path):
 def test_half_written_last_line_is_ignored(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"type": "episode", "env": "crafter"}\n{"type": "step", "step": 0, "observation": "x"}\n{"type": "st')
-    header, steps, end = automem.read_trace(path)
+    header, steps, end = trace_format.read_trace(path)
     assert header["env"] == "crafter" and len(steps) == 1 and end is None
 
 
@@ -152,7 +152,7 @@ def test_damaged_finished_traces_are_set_aside_and_rerun(tmp_path, capsys):
     assert len(warnings) == 4 and all(any(name in w for w in warnings) for name in DAMAGE)
     for name in DAMAGE:
         assert (traces / f"{name}.damaged").read_bytes() == damaged[name]  # kept aside, not deleted
-        assert evaluation.trace_damage(traces / name, json.loads(whole[name].split(b"\n")[0])) is None
+        assert trace_format.damage(traces / name, json.loads(whole[name].split(b"\n")[0])) is None
     results = json.loads((tmp_path / "r" / "results.json").read_text())["envs"]["crafter"]
     assert results["episodes"] == 4
 

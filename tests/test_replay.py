@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import automem
 import envs
+import trace_format
 import replay
 from test_report import call, episode, result, traces, write_trace  # noqa: F401 (traces: a fixture)
 
@@ -163,7 +163,7 @@ def test_replay_in_chromium_steps_frames_ops_and_memory(browser, traces, tmp_pat
     assert second["step"] == 2 and second["frame"] == "image"
     assert second["ops"] != first["ops"] and any(op.startswith("APPEND") for op in second["ops"])
     assert second["changed"] and second["selected"] in [c.split(" (")[0] for c in second["changed"]]
-    header, steps, _ = automem.read_trace(traces["crafter"])
+    header, steps, _ = trace_format.read_trace(traces["crafter"])
     assert second["content"] == replay.memory_at(header, steps, 2)[second["selected"]]
     frames = {page.evaluate(f"(replay.go({t}), replay.panels()[0].frameKey)") for t in range(13)}
     assert len(frames) > 1  # stepping changes the frame
@@ -172,7 +172,7 @@ def test_replay_in_chromium_steps_frames_ops_and_memory(browser, traces, tmp_pat
     assert end["step"] == 12 and "end after 12 steps" in end["status"]
     page.check("#raw")
     raw = page.evaluate("replay.panels()")[0]
-    final = automem.read_trace(traces["crafter"])[2]["final_observation"]
+    final = trace_format.read_trace(traces["crafter"])[2]["final_observation"]
     assert raw["frame"] == "text" and raw["frameKey"] == final
     page.uncheck("#raw")
     page.click("#play")  # plays from the start to the end, then stops

@@ -18,6 +18,7 @@ import eval as evaluation
 import llm
 import metrics
 import report
+import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
 FEEDBACK = "Your previous reply had no valid action, so the default action 'Noop' was taken."
@@ -54,10 +55,10 @@ def episode(observations, final, files=None, env="crafter", task="default", **kw
 
 
 def write_trace(path, header, steps, end):
-    """Write a trace as run_episode does; read it back with automem.read_trace."""
+    """Write a trace as run_episode does; read it back with trace_format.read_trace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in [header, *steps] + ([end] if end else [])))
-    return automem.read_trace(path)
+    return trace_format.read_trace(path)
 
 
 def with_calls(ep, log=None, plan=None):
@@ -238,7 +239,7 @@ def traces(tmp_path_factory):
 
 
 def test_metrics_on_a_real_trace(traces):
-    ep = automem.read_trace(traces["crafter"])
+    ep = trace_format.read_trace(traces["crafter"])
     b = metrics.behaviour([ep])
     assert b["log_writes_per_search"] == 1.0  # every LOG reply: one APPEND, one SEARCH
     assert b["llm_calls_per_step"] == pytest.approx((1 + 2 * 11) / 12)  # step 0 has no LOG

@@ -17,6 +17,7 @@ import jail
 import llm
 import memory_fs
 import meta_loop
+import trace_format
 
 V5 = Path(__file__).resolve().parent.parent / "scaffolds" / "crafter" / "v5"
 SCAFFOLD = automem.load_scaffold(V5)
@@ -432,7 +433,7 @@ def play(tmp_path, game, replies, context="full", steps=3, **agent_kw):
     agent = automem.Agent(SCAFFOLD, llm.load("scripted", replies=replies), game, tmp_path / context, context=context,
                           **agent_kw)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / f"{context}.jsonl", max_steps=steps)
-    return automem.read_trace(tmp_path / f"{context}.jsonl")[1]
+    return trace_format.read_trace(tmp_path / f"{context}.jsonl")[1]
 
 
 def scripted(messages):

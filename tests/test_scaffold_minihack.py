@@ -14,6 +14,7 @@ import jail
 import llm
 import memory_fs
 import meta_loop
+import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
 V4 = ROOT / "scaffolds" / "minihack" / "v4"
@@ -328,7 +329,7 @@ def test_plays_3_real_steps(tmp_path, context_mode):
     agent = automem.Agent(automem.load_scaffold(V4), llm.load("scripted", replies=replies), game, tmp_path / "m",
                           context=context_mode)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
-    header, recs, end = automem.read_trace(tmp_path / "t.jsonl")
+    header, recs, end = trace_format.read_trace(tmp_path / "t.jsonl")
     assert [r["action"] for r in recs] == ["east", "open", "south"] and recs[0]["repaired"] == ["go east", "east"]
     assert "In what direction?" in recs[2]["observation"]
     full = context_mode == "full"

@@ -12,6 +12,7 @@ import jail
 import llm
 import memory_fs
 import meta_loop
+import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
 V2 = ROOT / "scaffolds" / "nethack" / "v2"
@@ -236,7 +237,7 @@ def test_plays_3_steps_on_nethack(tmp_path, context_mode):
                           context=context_mode)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
     game.close()
-    header, recs, end = automem.read_trace(tmp_path / "t.jsonl")
+    header, recs, end = trace_format.read_trace(tmp_path / "t.jsonl")
     assert [r["action"] for r in recs] == ["open", "esc", "west"] and recs[0]["repaired"] == ["open north", "open"]
     assert "error" in recs[0]["plan"]["turns"][0]["results"][0]["text"]  # UPSERT_MAP is LOG's only
     memory = end["memory"]
@@ -262,7 +263,7 @@ def test_two_model_hand_off_texts(tmp_path):
                           tmp_path / "mem", memory_llm=memory_model)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=1)
     game.close()
-    turns = automem.read_trace(tmp_path / "t.jsonl")[1][0]["plan"]["turns"]
+    turns = trace_format.read_trace(tmp_path / "t.jsonl")[1][0]["plan"]["turns"]
     assert turns[0]["dropped_action"] == "down" and turns[1]["model"] == "base"
     handoff = turns[1]["messages"][0]["content"]
     assert handoff.startswith("What your searches returned:\n[SEARCH strategy.txt|stairs]")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import automem
 import eval as evaluation
 import llm
 import metrics
+import trace_format
 import report
 import train_lora
 from bench.harness_throughput import Stub
@@ -110,7 +110,7 @@ def test_two_server_run_sends_each_call_to_its_server(tmp_path):
             stub.shutdown()
             stub.server_close()
     assert json.loads((tmp_path / "two" / "config.json").read_text())["memory_base_url"] == [stubs["memory"].url]
-    header, steps, end = automem.read_trace(tmp_path / "two" / "traces" / "crafter" / "default__00.jsonl")
+    header, steps, end = trace_format.read_trace(tmp_path / "two" / "traces" / "crafter" / "default__00.jsonl")
     log, plan = ([c["model"] for c in metrics.calls(steps, r)] for r in ("log", "plan"))
     assert end["steps"] == 2 and set(log) == {"memory"} and plan == ["memory", "base"] * 2  # consult, then act
     assert stubs["memory"].requests == {"memory": len(log) + 2} and stubs["base"].requests == {"base": 2}
