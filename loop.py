@@ -128,8 +128,11 @@ def run(run_dir, iterations, first, iterate):
     iterate(state, k, it_dir) -> record until `iterations` are finished. A record that carries an
     "incumbent" replaces the state's; state.json is rewritten after every iteration."""
     state_path = Path(run_dir) / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {**first(), "iterations": []}
-    write_json(state_path, state)
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+    else:
+        state = {**first(), "iterations": []}
+        write_json(state_path, state)
     while len(state["iterations"]) < iterations:
         k = len(state["iterations"]) + 1
         it_dir = Path(run_dir) / "candidates" / f"iter{k}"
@@ -161,15 +164,18 @@ def write_json(path, obj):
     tmp.replace(path)
 
 
-# ----------------------------------------------------------------------------- text
+# ----------------------------------------------------------------------------- names and scores in records
 
 def rel(path):
+    """A path as records keep it: relative to the kit."""
     return os.path.relpath(path, ROOT)
 
 
 def model_tag(model):
+    """A model as run names show it: a GGUF file's name without .gguf, a hub id's last part."""
     return Path(str(model)).name.removesuffix(".gguf")
 
 
 def score_text(score):
+    """Mean ± standard error (%), or - for none."""
     return f"{score['mean']:.2f} ± {score['se']:.2f}" if score else "-"

@@ -72,8 +72,8 @@ import llm
 import loop
 import metrics
 import trace_format
-from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
 from digest import line
+from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
 from loop import model_tag, rel, score_text, write_json
 
 ROOT = Path(__file__).resolve().parent
