@@ -405,7 +405,8 @@ def sft_trainer(rows, model, cfg, out_dir, use_4bit=False, deepspeed=None, max_s
         num_train_epochs=cfg["epochs"], max_steps=max_steps or -1, lr_scheduler_type="cosine", logging_steps=1,
         save_strategy="steps", save_steps=save_steps, save_total_limit=2, report_to="none", seed=seed, bf16=cuda,
         use_cpu=not cuda, gradient_checkpointing=cuda, deepspeed=deepspeed and str(deepspeed),
-        optim="paged_adamw_8bit" if use_4bit else "adamw_torch", max_length=None, completion_only_loss=True)
+        optim="paged_adamw_8bit" if use_4bit else "adamw_torch", max_length=None, completion_only_loss=True,
+        eval_on_start=True)  # the loss before training; evaluate() before train() breaks under ZeRO-3 (transformers#44889)
     tok, net = load_base(model, use_4bit)
     max_len = min(cfg["max_len"], getattr(net.config, "max_position_embeddings", cfg["max_len"]))
     data = sft_dataset(tok, rows, max_len)
@@ -472,11 +473,11 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     trainer, dropped, max_len = sft_trainer(rows, model, cfg, ckpt_dir, use_4bit, deepspeed, max_steps, save_steps,
                                             eval_examples, seed)
     examples = len(trainer.train_dataset)
-    loss_before = trainer.evaluate()["eval_loss"]
     resume = resume or get_last_checkpoint(str(ckpt_dir))
     if resume and main:
         print(f"sft: resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    loss_before = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)  # step 0 (eval_on_start)
     loss_after = trainer.evaluate()["eval_loss"]
     trainer.model.peft_config["default"].base_model_name_or_path = model  # what llm.py loads it onto
     trainer.save_model(str(out))  # the adapter (gathered from all processes under ZeRO-3)

@@ -69,14 +69,10 @@ def random_qwen2(path, shape, layers, tok):
     torch.cuda.empty_cache()
 
 
-def part_a(work):
-    """Small random Qwen2 through `train_lora.py sft --qlora on`, then served 4-bit with the adapter by llm.py."""
-    import llm
-    tok = byte_tokenizer()
-    model_dir, data, out = work / "small_qwen2", work / "a_data.jsonl", work / "a_adapter"
-    random_qwen2(model_dir, SMALL, SMALL["num_hidden_layers"], tok)
+def log_rows(n=64):
+    """LOG-like chat rows with a learnable pattern, in train_lora.py's data format."""
     rows = []
-    for i in range(64):  # LOG-like turns with a learnable pattern
+    for i in range(n):
         thing = ["tree", "water", "stone", "cow"][i % 4]
         rows.append({"messages": [
             {"role": "system", "content": "You keep notes in files."},
@@ -84,6 +80,16 @@ def part_a(work):
             {"role": "assistant", "content": f"<|SEARCH|>map_notes.txt|{thing}<|END|>\n<|APPEND|>map_notes.txt|"
                                              f"step {i}: {thing} {i % 7 + 1} west<|END|>\n<|DONE|>"}],
             "meta": {"env": "crafter"}})
+    return rows
+
+
+def part_a(work):
+    """Small random Qwen2 through `train_lora.py sft --qlora on`, then served 4-bit with the adapter by llm.py."""
+    import llm
+    tok = byte_tokenizer()
+    model_dir, data, out = work / "small_qwen2", work / "a_data.jsonl", work / "a_adapter"
+    random_qwen2(model_dir, SMALL, SMALL["num_hidden_layers"], tok)
+    rows = log_rows()
     train_lora.write_jsonl(data, rows)
     cmd = [sys.executable, str(ROOT / "train_lora.py"), "sft", "--data", str(data), "--model", str(model_dir),
            "--out", str(out), "--env", "crafter", "--qlora", "on", "--rank", "16", "--alpha", "32", "--lr", "2e-3",
@@ -105,12 +111,18 @@ def part_a(work):
 def measure(model_dir, prior, seq, steps):
     """Peak memory and step times of QLoRA on one model folder with one env's LoRA prior."""
     import bitsandbytes as bnb
+    import peft
     import torch
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     _, net = train_lora.load_base(model_dir, qlora=True)
     cfg = train_lora.lora_config(prior, {})
-    net = train_lora.add_lora(net, cfg, use_4bit=True)
+    net.gradient_checkpointing_enable({"use_reentrant": False})  # as train_lora.py sft's SFTTrainer sets the model up
+    net.enable_input_require_grads()
+    net = peft.get_peft_model(net, train_lora.lora_peft_config(cfg))
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)  # TRL's QLoRA: the adapter in bf16
     net.train()  # gradient checkpointing acts in training mode only
     loaded = torch.cuda.memory_allocated()
     params = [p for p in net.parameters() if p.requires_grad]
