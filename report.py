@@ -459,7 +459,7 @@ def main(argv=None):
             _, paths = progression_figure(runs, out, args.paper)
             _, more = behaviour_figure(runs, out, args.paper)
             print("wrote " + ", ".join(map(str, paths + more)))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # not a run folder, or an --out that cannot be written
         cli.fail(e)
 
 
