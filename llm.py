@@ -59,6 +59,7 @@ N_CTX = 8192            # llama.cpp context; SmolLM2 was trained on 8192
 RETRIES = 3             # openai: extra attempts after a failed one, waiting BACKOFF * 2**i seconds
 BACKOFF = 1.0
 TIMEOUT = 600.0         # openai: seconds per request (long replies from a 32B model take minutes)
+BATCH_WAIT = 0.05       # transformers: seconds a batch waits for max_batch calls before it runs with fewer
 CUT_MARK = "\n[... {n} characters cut to fit the context window ...]\n"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when llama.cpp's OpenMP loads
 
@@ -302,14 +303,69 @@ def load_hf(model, dtype, load_4bit=False):
     return tok, net
 
 
+class RowEnds:
+    """generate's stopping criterion for a left-padded batch whose rows end on their own: row i is done at the first
+    step where it has limits[i] new tokens, its last token is an end-of-turn id, or its text ends with one of
+    stops[i] (transformers' StopStringCriteria, one per distinct stop list). `at` keeps each row's length then:
+    generate goes on filling finished rows with the pad token until every row is done."""
+
+    def __init__(self, start, limits, stops, eos, tok, device):
+        import torch
+        import transformers
+        self.start, self.eos = start, torch.tensor(eos, device=device)
+        self.at = torch.tensor(limits, device=device)
+        self.checks = [(transformers.StopStringCriteria(tok, list(s)), [i for i, t in enumerate(stops) if t == s])
+                       for s in dict.fromkeys(stops) if s]
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+        n = input_ids.shape[1] - self.start
+        done = (n >= self.at) | torch.isin(input_ids[:, -1], self.eos)
+        for check, rows in self.checks:
+            done[rows] |= check(input_ids[rows], scores)
+        self.at = torch.where(done, torch.clamp(self.at, max=n), self.at)
+        return done
+
+
+class RowSampler:
+    """A logits processor that draws each row's next token from softmax(logits / temperature) with that row's own
+    generator (seeded with its call's seed) and leaves only that token, which greedy decoding then picks. So a
+    sampled reply depends on its seed alone, not on which calls share its batch (generate's own sampling draws a
+    whole batch from one generator)."""
+
+    def __init__(self, seeds, temperature, device):
+        import torch
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        return torch.full_like(scores, float("-inf")).scatter_(1, picks[:, None], 0.0)
+
+
 class Transformers:
     """Hugging Face transformers: a hub id, a local directory or a .gguf file (loaded dequantized).
     dtype "fp32" or "bf16" (default: bf16 on CUDA, fp32 on CPU); load_4bit=True is bitsandbytes
-    nf4 (CUDA only). adapters={name: path} loads peft LoRA adapters on the one base model."""
+    nf4 (CUDA only). adapters={name: path} loads peft LoRA adapters on the one base model.
+
+    Batching (max_batch > 1): calls from several threads (eval.py --workers N) share one `generate`.
+    The thread whose call finds the GPU free runs the next batch: it waits up to batch_wait seconds
+    for max_batch calls to be waiting (not at all if a call was left out of the last batch), then
+    takes up to max_batch of them with the adapter of the oldest (peft switches adapters per batch,
+    not per row), left-pads them, and runs one generate in which each row ends on its own (RowEnds:
+    its max_tokens, stop strings, end of turn). Each call samples with its own seeded generator
+    (RowSampler), so its reply does not depend on its batch: on CPU in fp32, batched replies equal
+    single ones (tests). On GPU, and in bf16, a batch runs
+    other kernels than one row (other reduction orders), so logits differ in the last bits and a
+    reply can part from the single-call one where two tokens nearly tie. Padding costs prefill
+    work: every row is computed at the longest prompt's length. max_batch=1 (the default) is one
+    call at a time, with no wait."""
     GRAMMAR = False
 
     def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
-                 seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS):
+                 seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, max_batch=1, batch_wait=BATCH_WAIT):
         import torch
         self.model_id = model = str(model or gguf_path(DEFAULT_MODEL))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -334,47 +390,92 @@ class Transformers:
         self.n_ctx = n_ctx or getattr(self.net.config, "max_position_embeddings", N_CTX)
         self.eos = self.net.generation_config.eos_token_id or self.tok.eos_token_id
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        self.lock = threading.Lock()  # torch's global seed and the active adapter are per model
+        self.max_batch, self.batch_wait = max_batch, batch_wait
+        self.tok_lock = threading.Lock()  # a fast tokenizer may not be called from two threads at once
+        self.turn = threading.Condition()  # guards waiting and running
+        self.waiting, self.running = [], False  # calls queued for the model, oldest first; a batch under way
 
     def tokens(self, messages):
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tok(text, add_special_tokens=False).input_ids
 
     def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
-        import torch
-        import transformers
         if grammar:
             raise ValueError(NO_GRAMMAR.format(backend="transformers"))
         if adapter is not None and adapter not in self.adapters:
             raise ValueError(f"unknown adapter {adapter!r}: load it with adapters={{{adapter!r}: path}} "
                              f"(loaded: {', '.join(self.adapters) or 'none'})")
         want = max_tokens or self.max_tokens
-        with self.lock:
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        with self.tok_lock:
             msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
-            ids = torch.tensor([self.tokens(msgs)], device=self.net.device)
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
-            config = transformers.GenerationConfig(
-                max_new_tokens=min(want, self.n_ctx - ids.shape[1]), eos_token_id=self.eos, pad_token_id=self.pad,
-                **(sampling if self.temperature > 0 else {"do_sample": False}))
-            if adapter:
-                self.net.set_adapter(adapter)
-            torch.manual_seed(self.seed if seed is None else seed)
-            with torch.no_grad(), self.net.disable_adapter() if self.adapters and not adapter else nullcontext():
-                out = self.net.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                        stop_strings=stop or None, tokenizer=self.tok)
-            new = out[0, ids.shape[1]:].tolist()
-            eos = set(self.eos if isinstance(self.eos, list) else [self.eos])
+            ids = self.tokens(msgs)
+        call = {"ids": ids, "adapter": adapter, "limit": min(want, self.n_ctx - len(ids)), "stop": tuple(stop or ()),
+                "seed": self.seed if seed is None else seed}
+        with self.turn:
+            self.waiting.append(call)
+            self.turn.notify_all()  # a thread gathering a batch counts this call
+        while True:
+            with self.turn:
+                while self.running and "text" not in call and "error" not in call:
+                    self.turn.wait()
+                if "text" in call or "error" in call:
+                    break
+                self.running = True  # this thread runs the next batch
+                deadline = time.monotonic() + self.batch_wait
+                while (len(self.waiting) < self.max_batch and not any("passed" in c for c in self.waiting)
+                       and time.monotonic() < deadline):
+                    self.turn.wait(deadline - time.monotonic())
+                batch = [c for c in self.waiting if c["adapter"] == self.waiting[0]["adapter"]][:self.max_batch]
+                self.waiting = [c for c in self.waiting if not any(c is b for b in batch)]
+                for c in self.waiting:
+                    c["passed"] = True  # left out of this batch (adapter, max_batch): the next one starts at once
+            try:
+                self.generate(batch)
+            except Exception as e:  # each caller in the batch raises it (Ctrl-C reaches the main thread only)
+                for c in batch:
+                    c["error"] = e
+            finally:
+                with self.turn:
+                    self.running = False
+                    self.turn.notify_all()
+        if "error" in call:
+            raise call["error"]
+        return Reply(call["text"], len(ids), call["completion_tokens"], time.perf_counter() - t0)
+
+    def generate(self, batch):
+        """One generate for calls of one adapter; sets each call's text and completion_tokens."""
+        import torch
+        import transformers
+        width = max(len(c["ids"]) for c in batch)
+        pads = [width - len(c["ids"]) for c in batch]
+        ids = torch.tensor([[self.pad] * p + c["ids"] for p, c in zip(pads, batch)], device=self.net.device)
+        mask = torch.tensor([[0] * p + [1] * len(c["ids"]) for p, c in zip(pads, batch)], device=self.net.device)
+        eos = self.eos if isinstance(self.eos, list) else [self.eos]
+        ends = RowEnds(width, [c["limit"] for c in batch], [c["stop"] for c in batch], eos, self.tok, self.net.device)
+        sample = [RowSampler([c["seed"] for c in batch], self.temperature, self.net.device)] if self.temperature > 0 else []
+        config = transformers.GenerationConfig(max_new_tokens=max(c["limit"] for c in batch), do_sample=False,
+                                               eos_token_id=self.eos, pad_token_id=self.pad)
+        adapter = batch[0]["adapter"]
+        if adapter:
+            self.net.set_adapter(adapter)
+        with torch.no_grad(), self.net.disable_adapter() if self.adapters and not adapter else nullcontext():
+            out = self.net.generate(ids, attention_mask=mask, generation_config=config,
+                                    logits_processor=transformers.LogitsProcessorList(sample),
+                                    stopping_criteria=transformers.StoppingCriteriaList([ends]))
+        for c, row, n in zip(batch, out[:, width:].tolist(), ends.at.tolist()):
+            new = row[:n]
             while new and new[-1] in eos:  # the end-of-turn token is not part of the reply
                 new.pop()
-            text = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), stop)
-            return Reply(text, ids.shape[1], len(new), time.perf_counter() - t0)
+            c["completion_tokens"] = len(new)
+            c["text"] = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), c["stop"])
 
     def describe(self):
         import transformers
         return {"backend": "transformers", "model": self.model_id, "dtype": self.dtype, "load_4bit": self.load_4bit,
                 "adapters": self.adapters, "device": self.device, "n_ctx": self.n_ctx, "seed": self.seed,
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "transformers": transformers.__version__}
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "max_batch": self.max_batch,
+                "batch_wait": self.batch_wait, "transformers": transformers.__version__}
 
 
 class OpenAI:

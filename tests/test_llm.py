@@ -185,6 +185,95 @@ def test_transformers_gguf_on_cpu_with_switchable_adapter(smol, lora_dir):
         t.chat(ASK, grammar='root ::= "x"')
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama (built from a config) with a one-character-a-token tokenizer and a ChatML
+    template, saved as a model folder: no download, fast on CPU, printable replies."""
+    import string
+
+    import torch
+    import transformers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(string.printable)}, unk_token="?"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|pad|>"])
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                                chat_template=template)
+    config = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512, pad_token_id=fast.pad_token_id,
+                                      eos_token_id=[fast.eos_token_id, fast.convert_tokens_to_ids("B")],  # often
+                                      initializer_range=0.5)  # peaked logits, prompt-dependent replies
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny")
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    lora = peft_lora(transformers.LlamaForCausalLM(config), path / "lora")
+    return path, lora
+
+
+def peft_lora(net, path):
+    import peft
+    config = peft.LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(net, config).save_pretrained(path, save_embedding_layers=False)
+    return str(path)
+
+
+def batched(t, calls):
+    """Every call from its own thread at once; returns the replies and the (size, adapter) of each batch run."""
+    batches, run = [], t.generate
+    t.generate = lambda batch: (batches.append((len(batch), batch[0]["adapter"])), run(batch))[1]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        replies = list(pool.map(lambda call: t.chat(call[0], **call[1]), calls))
+    return replies, batches
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_transformers_batched_replies_equal_single_ones(tiny_dir, temperature):
+    """Calls from 8 threads run as one batch, left-padded (prompts of 25 to 60 tokens), each row with its own
+    max_tokens, stop strings and seed: every reply and token count is the one the call gets alone; with
+    max_batch=3 they run in batches of at most 3."""
+    alone = llm.load("transformers", str(tiny_dir[0]), temperature=temperature, max_tokens=30)
+    asks = [[{"role": "user", "content": "ab" * 2 * i + "c"}] for i in range(8)]
+    free = [alone.chat(m, seed=i) for i, m in enumerate(asks)]  # no stop strings: pick some from these replies
+    middle = [r.text[len(r.text) // 2:][:2] for r in free]  # a stop string within the reply (may span tokens)
+    calls = [(m, {"seed": i, "max_tokens": 12 + 2 * i if i % 3 < 2 else 30,
+                  "stop": [middle[i], "~~"] if i % 3 == 0 else [middle[i][:1]] if i % 3 == 1 else None})
+             for i, m in enumerate(asks)]
+    single = [alone.chat(m, **kw) for m, kw in calls]
+    counts = lambda replies: [(r.text, r.prompt_tokens, r.completion_tokens) for r in replies]
+    replies, batches = batched(llm.load("transformers", str(tiny_dir[0]), temperature=temperature, max_tokens=30,
+                                        max_batch=8, batch_wait=60), calls)
+    assert batches == [(8, None)] and counts(replies) == counts(single)
+    replies, batches = batched(llm.load("transformers", str(tiny_dir[0]), temperature=temperature, max_tokens=30,
+                                        max_batch=3, batch_wait=0), calls)
+    assert max(batches)[0] <= 3 and sum(n for n, _ in batches) == 8 and counts(replies) == counts(single)
+    assert [r.prompt_tokens for r in single] == [len(alone.tokens(m)) for m in asks]
+    # the rows ended every way: a stop string (where it starts in the reply without stops), the token limit, end of turn
+    ends = ["stop" if any(f.text.find(s) == len(r.text) for s in kw["stop"] or []) else
+            "limit" if r.completion_tokens == kw["max_tokens"] else "eos" for r, f, (_, kw) in zip(single, free, calls)]
+    assert set(ends) == {"stop", "limit", "eos"}
+    assert not any(s in r.text for r, (_, kw) in zip(single, calls) for s in kw["stop"] or [])
+
+
+def test_transformers_batches_one_adapter_at_a_time(tiny_dir):
+    """Base and adapter calls from 8 threads never share a batch (peft has one active adapter), and each
+    gets the reply it gets alone."""
+    path, lora = tiny_dir
+    alone = llm.load("transformers", str(path), temperature=0, max_tokens=16, adapters={"noisy": lora})
+    calls = [([{"role": "user", "content": "abc" * (i + 1)}], {"adapter": "noisy" if i % 2 else None})
+             for i in range(8)]
+    single = [alone.chat(m, **kw).text for m, kw in calls]
+    assert single[1] != alone.chat(calls[1][0]).text  # the adapter changes the reply
+    replies, batches = batched(llm.load("transformers", str(path), temperature=0, max_tokens=16, max_batch=8,
+                                        batch_wait=60, adapters={"noisy": lora}), calls)
+    assert len(batches) == 2 and set(batches) == {(4, None), (4, "noisy")}  # the 4 left out went at once
+    assert [r.text for r in replies] == single
+
+
 def test_transformers_4bit_needs_cuda():
     import torch
     if torch.cuda.is_available():
