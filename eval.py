@@ -47,7 +47,8 @@ import trace_format
 
 ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_tokens": 64}
-SERVER_BACKENDS = {"openai"}  # these batch on the server: parallel episodes run as threads
+SERVER_BACKENDS = {"openai", "transformers"}  # these batch parallel calls (on the server; llm.Transformers in
+# process, one model for all): parallel episodes run as threads
 PACKAGES = ("balrog-nle", "gym", "minihack", "crafter", "llama_cpp_python", "transformers", "peft",
             "torch", "openai", "numpy")
 MIN_N_CTX = 512  # below it nothing useful fits: a v0 step's first prompt alone is 1,300-2,200 SmolLM2 tokens
@@ -87,7 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="llama.cpp threads per worker (default: cores / workers); "
                    "replies are bit-identical only for the same thread count")
     p.add_argument("--seeds", default=str(ROOT / "seeds.txt"))
-    p.add_argument("--workers", type=int, default=1, help="episodes in parallel (threads for servers, else processes)")
+    p.add_argument("--workers", type=int, default=1, help="episodes in parallel (threads for servers and "
+                   "transformers, whose calls then batch; else processes)")
     p.add_argument("--ray", metavar="ADDRESS", help="play the episodes as tasks on a Ray cluster, --workers at a time, "
                    "their traces landing here: 'auto' (the cluster `ray start` runs, or RAY_ADDRESS), "
                    "ray://head:10001, or 'local' (a cluster of this machine)")
@@ -232,6 +234,8 @@ def load_models(config):
         spec = dict(config["backend"])
         if spec["backend"] == "llamacpp" and not spec.get("n_threads"):  # workers share the cores, never oversubscribe
             spec["n_threads"] = max(1, (os.cpu_count() or 1) // config["workers"])
+        if spec["backend"] == "transformers":  # one generate serves the calls of all worker threads
+            spec["max_batch"] = config["workers"]
         adapter = config["memory_adapter"]
         WORKER["llm"] = load_backend({**spec, **({"adapters": {"memory": adapter}} if adapter and spec["backend"] == "transformers" else {})})
         if config["memory_model"] or memory_server or (adapter and spec["backend"] == "llamacpp"):
@@ -494,8 +498,8 @@ def check_run_dir(config, run_dir):
 
 
 def outcomes(config, run_dir, todo, server):
-    """Run the episodes here or in workers (threads for a server, else processes); yield (job, its end record
-    or the error that stopped it) as each finishes. Closing the generator cancels the queued ones."""
+    """Run the episodes here or in workers (threads for a server or transformers, else processes); yield (job, its
+    end record or the error that stopped it) as each finishes. Closing the generator cancels the queued ones."""
     if config["workers"] == 1:
         for job in todo:
             yield job, attempt(run_job, config, run_dir, job)

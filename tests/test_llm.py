@@ -274,6 +274,18 @@ def test_transformers_batches_one_adapter_at_a_time(tiny_dir):
     assert [r.text for r in replies] == single
 
 
+def test_eval_workers_share_one_batching_transformers_model(tiny_dir, tmp_path, monkeypatch):
+    """eval.py --workers 2 on transformers plays the episodes as threads on one model that batches their calls
+    (max_batch = workers), not in processes that each load a copy."""
+    import eval as evaluation
+    sizes, run = [], llm.Transformers.generate
+    monkeypatch.setattr(llm.Transformers, "generate", lambda self, batch: (sizes.append(len(batch)), run(self, batch))[1])
+    evaluation.main(["--env", "crafter", "--quick", "--episodes", "2", "--workers", "2", "--backend", "transformers",
+                     "--model", str(tiny_dir[0]), "--grammar", "off", "--runs-dir", str(tmp_path), "--no-replay"])
+    assert evaluation.WORKER["llm"].max_batch == 2 and sizes and max(sizes) <= 2  # calls ran here, in batches
+    assert len(list(tmp_path.glob("*/traces/crafter/*.jsonl"))) == 2
+
+
 def test_transformers_4bit_needs_cuda():
     import torch
     if torch.cuda.is_available():
