@@ -10,8 +10,9 @@ episodes in flight, through one of three paths, for a fixed window of wall-clock
   server        llama.cpp's own llama-server (N parallel slots, continuous batching, a prompt cache
                 per slot) driven by our openai backend with --workers N. (llama-cpp-python's
                 `python -m llama_cpp.server` takes one request at a time behind a lock: no slots.)
-  transformers  our transformers backend in bf16 (the device has no bitsandbytes, so no 4-bit);
-                one call at a time (N = 1); it has no grammar sampler, so --grammar off
+  transformers  our transformers backend in bf16 (the device has no bitsandbytes, so no 4-bit) with
+                --workers N: N episode threads whose calls it batches into one generate (at most N
+                rows, left-padded; N = 1 is one call at a time); no grammar sampler, so --grammar off
 
 Replies: --grammar off and --max-tokens 128 (a random model rarely ends a reply earlier) for the
 speed numbers. With --grammar on a random model still writes well-formed ops, but llama.cpp then
@@ -38,6 +39,7 @@ minihack, setuptools 80.9 for pkg_resources). On the GPU machine:
         --vocab /tmp/lcp/lcp/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
     python bench/gpu_cost.py run --path server --n 32 --env crafter --grammar off --seconds 60 --out s32.json
     python bench/gpu_cost.py run --path transformers --env crafter --seconds 40 --out tf_1_crafter.json
+    python bench/gpu_cost.py run --path transformers --n 32 --env crafter --seconds 120 --out tf_32_crafter.json
 On a CPU machine, the same loop with a tiny model of the same tokenizer (token counts, no speed):
     python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp --cpu
     python bench/gpu_cost.py gguf --out /tmp/tiny.gguf --tiny --vocab ...
@@ -380,8 +382,8 @@ def run(args):
     import trace_format
     import llm
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
-    if args.path != "server" and args.n != 1:
-        sys.exit(f"error: --path {args.path} runs one call at a time: use --n 1 (or --path server)")
+    if args.path == "inproc" and args.n != 1:
+        sys.exit("error: --path inproc runs one call at a time: use --n 1 (or --path server or transformers)")
     bandwidth = hbm_bandwidth()
     work = Path(tempfile.mkdtemp(prefix="gpu_cost_", dir=args.workdir))
     tasks = 1 if args.env != "minihack" else len([t for t in envs.tasks("minihack") if t not in envs.BOXOBAN_TASKS])
@@ -409,6 +411,8 @@ def run(args):
     else:
         cls = llm.Transformers
         llm.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab))
+        rows, generate = [], llm.Transformers.generate  # the rows of each generate: how full the batches ran
+        llm.Transformers.generate = lambda self, batch: (rows.append(len(batch)), generate(self, batch))[1]
         argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape-bf16", "--grammar", "off",
                  "--max-tokens", str(args.max_tokens)]
         weights = None  # counted from the model once loaded
@@ -461,7 +465,7 @@ def run(args):
         "server_command": cmd and " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)),
     }
     if args.path == "transformers":
-        result["torch_peak_gib"] = torch_peak
+        result.update(torch_peak_gib=torch_peak, batches=len(rows), rows_per_batch=sum(rows) / max(len(rows), 1))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
@@ -470,7 +474,7 @@ def run(args):
 PROTOCOL_STEPS = {"crafter": 10 * 2000, "minihack": 8 * 5 * 100, "nethack": 5 * 1000}  # upper bounds; NetHack
 # episodes have no fixed length (they end after 150 steps without progress): 1,000 steps each is an assumption
 ROWS = {"v0": "v0", "converged": "converged", "twomodel": "two-model"}
-PATHS = [("server", 32), ("server", 8), ("server", 1), ("transformers", 1)]
+PATHS = [("server", 32), ("server", 8), ("server", 1), ("transformers", 32), ("transformers", 8), ("transformers", 1)]
 
 
 def token_costs(runs):
@@ -527,7 +531,8 @@ def main():
     sub.add_parser("bandwidth", help="print the GPU's copy bandwidth in bytes/s (run uses it)")
     r = sub.add_parser("run", help="play the agent loop for a window of time and measure")
     r.add_argument("--path", required=True, choices=["inproc", "server", "transformers"])
-    r.add_argument("--n", type=int, default=1, help="episodes in flight (server: parallel slots)")
+    r.add_argument("--n", type=int, default=1, help="episodes in flight (server: parallel slots; "
+                   "transformers: rows a batch holds at most)")
     r.add_argument("--env", default="crafter", choices=["crafter", "minihack", "nethack"])
     r.add_argument("--scaffold", help="default scaffolds/<env>/v0")
     r.add_argument("--memory-model", action="store_true", help="two-model split: LOG and consultation on a "
