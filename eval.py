@@ -43,6 +43,7 @@ import jail
 import llm
 import metrics
 import replay
+import scaffold_spec
 import trace_format
 
 ROOT = Path(__file__).resolve().parent
@@ -138,7 +139,7 @@ def make_config(args):
     if args.n_ctx < MIN_N_CTX:  # was a traceback from the first model call, after the run folder was made
         raise ValueError(f"--n-ctx {args.n_ctx}: at least {MIN_N_CTX} tokens (a step's prompt is 1,300-2,200; "
                          f"leave it out for 8192)")
-    scaffold_env = automem.load_scaffold(args.scaffold, jailed=args.untrusted_hooks)["env"] if args.scaffold else None
+    scaffold_env = scaffold_spec.load_scaffold(args.scaffold, jailed=args.untrusted_hooks)["env"] if args.scaffold else None
     env = args.env or scaffold_env or "crafter"
     env_names = list(envs.ENVS) if env == "all" else [env]
     for name in env_names:
@@ -155,7 +156,7 @@ def make_config(args):
     for name in env_names:
         if name not in seeds_file:
             raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
-        scaffold = automem.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0", jailed=args.untrusted_hooks)
+        scaffold = scaffold_spec.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0", jailed=args.untrusted_hooks)
         if isinstance(scaffold["hooks"], jail.JailedHooks) and not jail.available()[0]:
             raise ValueError(f"{scaffold['path']}: its hooks.py runs only in the jail, which does not work here: "
                              f"{jail.available()[1]}")
@@ -288,7 +289,7 @@ def run_job(config, run_dir, job):
     memory_dir = confined(run_dir, Path(run_dir) / "memory" / job["env"] / name)  # Agent.reset deletes it
     part = confined(run_dir, trace_path(run_dir, job).with_suffix(".part"))  # run_episode writes it
     base, memory_llm, memory_adapter = load_models(config)
-    scaffold = automem.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"], jailed=config["untrusted_hooks"])
+    scaffold = scaffold_spec.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"], jailed=config["untrusted_hooks"])
     scaffold["limits"].update(config["limits"])
     scaffold["grammar"] = config["scaffolds"][job["env"]]["grammar"]
     game = envs.make(job["env"], job["task"], max_steps=config["max_steps"], boxoban_dir=config["boxoban_dir"],

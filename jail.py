@@ -3,7 +3,7 @@ jail.py: untrusted Python (a meta-LLM's hooks.py in loop 1, select.py in loop 2'
 in a separate long-lived worker process under an OS-level jail, called over a pipe one JSON line
 at a time. Python cannot sandbox Python; the kernel can.
 
-    hooks = jail.JailedHooks("runs/x/candidates/iter3/scaffold/hooks.py", names=automem.HOOKS)
+    hooks = jail.JailedHooks("runs/x/candidates/iter3/scaffold/hooks.py", names=scaffold_spec.HOOKS)
     text = hooks["observe"](ctx)   # a {name: function} mapping: same arguments, same result as in-process
     hooks.close()                  # (or `with jail.JailedHooks(...) as hooks:`; garbage collection also ends it)
     ok, why = jail.available()     # whether the jail works on this machine, and why not
@@ -82,7 +82,7 @@ PLAIN = (type(None), bool, int, float, str, list, tuple, set, frozenset, dict)
 # ----------------------------------------------------------------------------- the static policy (first filter)
 
 ALLOWED_IMPORTS = ("re", "math", "collections", "itertools", "functools", "heapq", "json", "random", "string",
-                   "statistics", "dataclasses", "typing", "automem", "memory_fs")
+                   "statistics", "dataclasses", "typing", "hook_helpers", "automem", "memory_fs")
 BANNED_NAMES = {"open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
                 "locals", "vars", "breakpoint", "input", "exit", "quit", "help", "memoryview"}
 BANNED_ATTRS = {"os", "sys", "subprocess", "shutil", "socket", "importlib", "builtins", "pathlib", "Path", "io",
@@ -638,7 +638,7 @@ def serve(module_path, limits, extra_paths):
     seccomp = install_seccomp()
     sys.path[:0] = ["/jail/code"] + extra_paths
     import importlib.util
-    import automem  # noqa: F401  (what hooks import; its dataclasses rebuild ctx: decode(classes=True))
+    import automem  # noqa: F401  (its dataclasses rebuild ctx: decode(classes=True))
     send({"jailed": True, "uid": os.getuid(), "seccomp": seccomp})
     spec = importlib.util.spec_from_file_location("hooks", module_path)
     module = importlib.util.module_from_spec(spec)

@@ -23,8 +23,8 @@ One iteration:
      the final memory, one step verbatim; every line cites its step);
   3. it answers with a rationale and whole files in fenced blocks, "```yaml scaffold.yaml" and
      optionally "```python hooks.py" (left out: the incumbent's hooks.py is kept);
-  4. validation: automem.load_scaffold on scaffold.yaml alone, every prompt filled with every
-     placeholder, limits within the protocol's (automem.LIMITS); jail.check_source on hooks.py; then
+  4. validation: scaffold_spec.load_scaffold on scaffold.yaml alone, every prompt filled with every
+     placeholder, limits within the protocol's (scaffold_spec.LIMITS); jail.check_source on hooks.py; then
      hooks.py is imported in the jail (jail.py) and every hook runs there on observations rebuilt here
      by replaying the incumbent's recorded actions, then in a short smoke episode (scripted backend);
   5. evaluation on the same seeds and settings; ACCEPTANCE RULE: the candidate replaces the
@@ -71,6 +71,7 @@ import jail
 import llm
 import loop
 import metrics
+import scaffold_spec
 import trace_format
 from digest import line
 from jail import ALLOWED_IMPORTS, BANNED_NAMES, check_source
@@ -133,7 +134,7 @@ def make_config(args, eval_argv):
     if not usable:
         raise ValueError(f"the hook jail does not work here ({why}): candidates' hooks.py run only in it")
     start = Path(args.scaffold or Path(args.scaffolds_dir) / args.env / "v0").resolve()
-    if automem.load_scaffold(start)["env"] != args.env:  # the starting incumbent is trusted code (v0 or an accepted version)
+    if scaffold_spec.load_scaffold(start)["env"] != args.env:  # the starting incumbent is trusted code (v0 or an accepted version)
         raise ValueError(f"scaffold {start} is not a {args.env} scaffold")
     name = "-".join(["meta", args.env, start.name, model_tag(agent_model), model_tag(meta["model"])]
                     + (["quick"] if args.quick else []))
@@ -194,7 +195,7 @@ ctx.step (int); ctx.obs.text / .long / .short (str); ctx.obs.state = {state}; ct
 names(), snapshot() -> {{name: text}}; ctx.write(op, *args) writes memory (APPEND, WRITE, CREATE, UPSERT) and is
 recorded; ctx.game.actions (valid action names); ctx.episode (a dict kept for the whole episode); ctx.actions
 (the actions returned so far); ctx.prev_action / ctx.prev_executed / ctx.prev_valid (last step's action, what the env
-ran, whether it was valid). automem.nle_map_analysis(text) is the v0 map analysis; automem.repair_two_step(action)
+ran, whether it was valid). hook_helpers.nle_map_analysis(text) is the v0 map analysis; hook_helpers.repair_two_step(action)
 the v0 repair.
 Hook rules, enforced by a static check, then by the OS jail the hooks run in (jail.py: no network, no
 processes, a read-only file system; a violation rejects the revision): import only {imports}; never call
@@ -223,8 +224,8 @@ def build_prompt(config, state):
     env, inc = config["env"], state["incumbent"]
     margin = f" by more than {config['min_margin']} points" if config["min_margin"] else ""
     parts = [RULES.format(env=env, placeholders="; ".join(f"{k}: {', '.join(sorted(v))}"
-                                                          for k, v in automem.PLACEHOLDERS.items()),
-                          limits=automem.LIMITS, state=STATE_KEYS[env], texts=", ".join(automem.TEXT_FIELDS), imports=", ".join(ALLOWED_IMPORTS),
+                                                          for k, v in scaffold_spec.PLACEHOLDERS.items()),
+                          limits=scaffold_spec.LIMITS, state=STATE_KEYS[env], texts=", ".join(scaffold_spec.TEXT_FIELDS), imports=", ".join(ALLOWED_IMPORTS),
                           names=", ".join(sorted(BANNED_NAMES)), seconds=HOOK_SECONDS, text=MAX_HOOK_TEXT,
                           margin=margin)]
     scaffold_dir = ROOT / inc["path"]
@@ -271,20 +272,20 @@ def history_text(state):
 def check_schema(scaffold_dir, env):
     """automem's schema check of scaffold.yaml (imports no model code: hooks.py is not written yet),
     plus: the right env, every prompt filled with every placeholder, limits within the protocol's."""
-    spec = automem.load_scaffold(scaffold_dir)
+    spec = scaffold_spec.load_scaffold(scaffold_dir)
     if spec["env"] != env:
         raise ValueError(f"env is {spec['env']!r}, not {env!r}")
     for name, text in spec["prompts"].items():
-        allowed = automem.PLACEHOLDERS.get(name, automem.PLACEHOLDERS["plan"]) | set(spec["slots"])
+        allowed = scaffold_spec.PLACEHOLDERS.get(name, scaffold_spec.PLACEHOLDERS["plan"]) | set(spec["slots"])
         try:
             text.format(**{k: "x" for k in allowed})
         except (ValueError, IndexError, KeyError, AttributeError) as e:
             raise ValueError(f"prompts.{name} cannot be filled: {e}") from None
     # result_max_chars: None is the protocol's (no cap); a number only tightens it
     over = {k: v for k, v in spec["limits"].items()
-            if v is not None and automem.LIMITS[k] is not None and not v <= automem.LIMITS[k]}
+            if v is not None and scaffold_spec.LIMITS[k] is not None and not v <= scaffold_spec.LIMITS[k]}
     if over:
-        raise ValueError(f"limits {over} unknown or outside 1..the protocol's {automem.LIMITS} "
+        raise ValueError(f"limits {over} unknown or outside 1..the protocol's {scaffold_spec.LIMITS} "
                          f"(a revision may not win by spending more)")
 
 
@@ -295,7 +296,7 @@ def validate_hooks(scaffold_dir, work, env, replay, timeout):
     work = Path(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    scaffold = automem.load_scaffold(scaffold_dir, jailed=True)
+    scaffold = scaffold_spec.load_scaffold(scaffold_dir, jailed=True)
     jailed = scaffold["hooks"]
     if not isinstance(jailed, jail.JailedHooks):  # no hooks.py
         return {"calls": 0}
@@ -458,7 +459,7 @@ def write_candidate(files, name, inc_dir, cand, env):
     (cand / "scaffold.yaml").write_text(re.sub(TRUSTED_LINE, "", yaml_text).rstrip("\n") + "\n" + UNTRUSTED)
     try:
         check_schema(cand, env)  # before hooks.py exists, so loading imports no model code
-        if automem.load_scaffold(cand).get("trusted") is not False:
+        if scaffold_spec.load_scaffold(cand).get("trusted") is not False:
             raise ValueError(f"scaffold.yaml sets trusted itself: the loop writes {UNTRUSTED.strip()}")
     except Exception as e:  # a ValueError naming the problem, or whatever a malformed shape raised
         raise Rejected("schema", str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}") from None

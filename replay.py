@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 import cli
-import trace_format
 import memory_fs
+import trace_format
 
 RESULT_CHARS = 1500  # page: op result text kept per op
 REPLY_CHARS = 2000   # page: model reply text kept per call

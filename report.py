@@ -30,8 +30,8 @@ import numpy as np
 
 import cli
 import eval as evaluation
-import trace_format
 import metrics
+import trace_format
 from envs import ENVS
 
 matplotlib.use("Agg")

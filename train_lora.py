@@ -58,8 +58,8 @@ import jail
 import llm
 import loop
 import memory_fs
-import trace_format
 import metrics
+import trace_format
 
 ROOT = Path(__file__).resolve().parent
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import automem  # noqa: E402
+import scaffold_spec  # noqa: E402
 import trace_format  # noqa: E402
 import envs  # noqa: E402
 import llm  # noqa: E402
@@ -55,7 +56,7 @@ def policy(seed):
 
 
 def measure(at, steps, out_dir):
-    scaffold = automem.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")
+    scaffold = scaffold_spec.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")
     scaffold["files"] = memory_at(at, scaffold["files"])
     game = envs.make("nethack", max_steps=steps)
     backend = llm.load("scripted", replies=policy(at))

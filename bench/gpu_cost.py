@@ -379,8 +379,8 @@ def run(args):
     sys.path.insert(0, str(Path(args.prefix) / "lcp"))  # llama-cpp-python's package, from the sdist
     import envs
     import eval as evaluation
-    import trace_format
     import llm
+    import trace_format
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
     if args.path == "inproc" and args.n != 1:
         sys.exit("error: --path inproc runs one call at a time: use --n 1 (or --path server or transformers)")

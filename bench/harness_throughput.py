@@ -90,8 +90,8 @@ def serve(action, port, ready=None):
 def run(url, env, workers, steps, folder):
     """One eval.py run, one episode per worker thread; returns (env steps, LLM calls, steady calls/s, seconds)."""
     import eval as evaluation
-    import trace_format
     import metrics
+    import trace_format
     seeds = Path(folder) / "seeds.txt"
     seeds.write_text(f"{env}: {' '.join(map(str, range(workers)))}\n")
     args = evaluation.parse_args(["--env", env, "--task", TASK[env], "--backend", "openai", "--base-url", url,

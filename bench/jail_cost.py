@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import automem  # noqa: E402
 import envs  # noqa: E402
 import llm  # noqa: E402
+import scaffold_spec  # noqa: E402
 
 FIRST_TASK = {"crafter": "default", "minihack": "MiniHack-MazeWalk-9x9-v0", "nethack": "NetHackChallenge-v0"}
 
@@ -31,7 +32,7 @@ def newest(env):
 
 def episode(scaffold_dir, env, steps, seed, jailed, work):
     """(agent seconds per step, hook calls, worker start seconds or None, trace text without times)."""
-    scaffold = automem.load_scaffold(scaffold_dir, jailed=jailed)
+    scaffold = scaffold_spec.load_scaffold(scaffold_dir, jailed=jailed)
     calls = [0]
     if jailed:
         t0 = time.perf_counter()

@@ -8,7 +8,9 @@ import pytest
 
 import automem
 import envs
+import hook_helpers
 import llm
+import scaffold_spec
 import trace_format
 from test_llm import lora_dir  # noqa: F401 (a fixture: a LoRA adapter shaped for SmolLM2)
 
@@ -24,7 +26,7 @@ def game():
 
 
 def play(tmp_path, game, replies, steps=2, kind="memory", scaffold=None, **agent_kw):
-    scaffold = scaffold or automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold or scaffold_spec.load_scaffold(CRAFTER_V0)
     backend = llm.load("scripted", replies=replies)
     agent = automem.Agent(scaffold, backend, game, tmp_path / "mem", kind=kind, **agent_kw)
     end = automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=steps)
@@ -63,7 +65,7 @@ def test_plan_is_read_only_and_garbage_falls_back(tmp_path, game):
 
 
 def test_turn_limit_then_fallback(tmp_path, game):
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     scaffold["limits"]["plan_turns"] = 3
     agent, recs, _ = play(tmp_path, game, ["<|COUNT|>strategy.txt|x<|END|>"] * 3, steps=1, scaffold=scaffold)
     assert len(recs[0]["plan"]["turns"]) == 3 and recs[0]["plan"]["ended"] == "limit" and recs[0]["fallback"]
@@ -77,7 +79,7 @@ def test_stuck_notice_when_observation_unchanged(tmp_path, game):
             plans.append(messages[0]["content"])
             return "<|ACTION|>Noop<|END|>"
         return "<|DONE|>"
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     texts = scaffold["texts"]
     agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), envs.make("crafter"), tmp_path / "m")
     automem.run_episode(agent, agent.game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=5)
@@ -95,7 +97,7 @@ def hooked_scaffold(tmp_path, hooks, **yaml_edits):
     (scaffold_dir / "hooks.py").write_text(hooks)
     path = scaffold_dir / "scaffold.yaml"
     path.write_text(path.read_text() + "".join(f"\n{k}: {v}\n" for k, v in yaml_edits.items()))
-    return automem.load_scaffold(scaffold_dir)
+    return scaffold_spec.load_scaffold(scaffold_dir)
 
 
 def test_hooks_observe_gate_and_after_log(tmp_path, game):
@@ -169,7 +171,7 @@ def test_log_runs_ops_written_after_done_and_a_reply_without_allowed_ops_ends(tm
 
 
 def test_fallback_is_the_scaffolds_where_the_task_has_it():
-    scaffold = automem.load_scaffold(ROOT / "scaffolds" / "minihack" / "v0")
+    scaffold = scaffold_spec.load_scaffold(ROOT / "scaffolds" / "minihack" / "v0")
     assert scaffold["fallback_action"] == "search"
     backend = llm.load("scripted", replies=["unused"])
     corridor = automem.Agent(scaffold, backend, envs.make("minihack", "MiniHack-Corridor-R3-v0"), "unused")
@@ -204,7 +206,7 @@ def test_two_model_split_on_transformers_keeps_the_action_call_base_only(tmp_pat
     """One SmolLM2 with a LoRA adapter: LOG replies come from the adapter and differ from the base
     model's; every committed-action call is byte-identical to a base-only model's on the same messages."""
     split = llm.load("transformers", adapters={"memory": lora_dir})
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     scaffold["limits"].update(log_turns=1, plan_turns=3, max_tokens=16)
     scaffold["prompts"].update(log="Log with <|APPEND|>file|text<|END|>. {observation}",  # short: CPU time
                                plan="Use <|SEARCH|>file|word<|END|> and <|ACTION|>name<|END|>. {actions}\n{observation}")
@@ -262,12 +264,12 @@ def test_scaffold_validation(tmp_path, edit, message):
     path = tmp_path / "s" / "scaffold.yaml"
     path.write_text(edit(path.read_text()))
     with pytest.raises(ValueError, match=message):
-        automem.load_scaffold(tmp_path / "s")
+        scaffold_spec.load_scaffold(tmp_path / "s")
 
 
 @pytest.mark.slow
 def test_grammar_makes_the_embedded_model_write_ops_and_valid_actions(tmp_path, game):
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     scaffold["grammar"] = True
     scaffold["limits"].update(log_turns=2, plan_turns=2, max_tokens=48)
     agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem")
@@ -284,7 +286,7 @@ def test_grammar_makes_the_embedded_model_write_ops_and_valid_actions(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["window", "cot"])
 def test_grammar_for_the_baselines(tmp_path, game, kind):
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     scaffold["grammar"] = True
     scaffold["limits"]["max_tokens"] = 48
     agent = automem.Agent(scaffold, llm.load("llamacpp", n_ctx=4096), game, tmp_path / "mem", kind=kind)
@@ -297,16 +299,16 @@ def test_grammar_for_the_baselines(tmp_path, game, kind):
 
 def test_v0_scaffolds_are_the_authors_v0():
     for env in envs.ENVS:
-        s = automem.load_scaffold(ROOT / "scaffolds" / env / "v0")
+        s = scaffold_spec.load_scaffold(ROOT / "scaffolds" / env / "v0")
         assert s["env"] == env and len(s["hash"]) == 12 and s["prompts"]["system"] == "" and not s["grammar"]
         assert s["ops"] == {"log": ["READ", "SEARCH", "TAIL", "COUNT", "APPEND", "WRITE", "CREATE", "DONE"],
                             "plan": ["READ", "SEARCH", "TAIL", "COUNT", "ACTION"]}  # no UPSERT, no UPSERT_MAP
-        assert not s["search_all"] and not s["aliases"] and not s["custom_ops"] and s["limits"] == automem.LIMITS
+        assert not s["search_all"] and not s["aliases"] and not s["custom_ops"] and s["limits"] == scaffold_spec.LIMITS
         assert s["fallback_action"] == {"crafter": "Noop"}.get(env, "search")
         assert set(s["hooks"]) == ({"repair_action"} if env == "crafter" else {"observe", "repair_action"})
         # LOG shows no instruction; PLAN opens with it (MiniHack/NetHack: the memory agent's own, inline)
         assert "{instruction}" not in s["prompts"]["log"] and ("{instruction}" in s["prompts"]["plan"]) == (env == "crafter")
-    files = {env: automem.load_scaffold(ROOT / "scaffolds" / env / "v0")["files"] for env in envs.ENVS}
+    files = {env: scaffold_spec.load_scaffold(ROOT / "scaffolds" / env / "v0")["files"] for env in envs.ENVS}
     assert sorted(files["crafter"]) == ["actions_log.txt", "crafting_progress.txt", "map_notes.txt", "strategy.txt",
                                         "survival_log.txt"] and not any(files["crafter"].values())
     assert set(files["nethack"]) - set(files["minihack"]) == {"monster_encounters.txt"}
@@ -316,9 +318,9 @@ def test_v0_scaffolds_are_the_authors_v0():
 
 
 def test_repair_two_step():
-    assert automem.repair_two_step("eat d") == "eat" and automem.repair_two_step("open north") == "open"
-    assert automem.repair_two_step("far east") == "far east" and automem.repair_two_step(" north ") == "north"
-    assert automem.repair_two_step("Move West") == "Move West" and automem.repair_two_step("far away") == "far away"
+    assert hook_helpers.repair_two_step("eat d") == "eat" and hook_helpers.repair_two_step("open north") == "open"
+    assert hook_helpers.repair_two_step("far east") == "far east" and hook_helpers.repair_two_step(" north ") == "north"
+    assert hook_helpers.repair_two_step("Move West") == "Move West" and hook_helpers.repair_two_step("far away") == "far away"
 
 
 def scaffold_with_fallback(tmp_path, action):
@@ -333,9 +335,9 @@ def test_fallback_action_must_be_a_game_action(tmp_path, game):
     """A fallback the game does not know (Fly) is refused, naming it, before any step (by load_scaffold or Agent);
     a valid one is what runs when PLAN never commits."""
     with pytest.raises(ValueError, match="fallback_action 'Fly' is not a"):
-        scaffold = automem.load_scaffold(scaffold_with_fallback(tmp_path / "fly", "Fly"))
+        scaffold = scaffold_spec.load_scaffold(scaffold_with_fallback(tmp_path / "fly", "Fly"))
         automem.Agent(scaffold, llm.load("scripted", replies=["<|DONE|>"]), game, tmp_path / "mem")
-    scaffold = automem.load_scaffold(scaffold_with_fallback(tmp_path / "do", "Do"))
+    scaffold = scaffold_spec.load_scaffold(scaffold_with_fallback(tmp_path / "do", "Do"))
     _, recs, _ = play(tmp_path, game, ["no action here"] * 10, steps=1, scaffold=scaffold)
     assert recs[0]["fallback"] and (recs[0]["action"], recs[0]["valid"]) == ("Do", True)
 
@@ -347,7 +349,7 @@ def test_map_analysis():
                       "",                 # a blank row is skipped: the row below counts as south (their rule)
                       "  |+d}|      ",
                       "  -----      "])
-    lines = automem.nle_map_analysis(text).split("\n")
+    lines = hook_helpers.nle_map_analysis(text).split("\n")
     assert lines[0] == "MAP ANALYSIS (computed from the map):"
     assert "STAIRS NEXT TO YOU: east: '>' stairs down, step onto it!" in lines
     assert "STAIRS IN VIEW: '>' about 6 tiles east" in lines
@@ -355,7 +357,7 @@ def test_map_analysis():
     assert "DOORS: southwest: '+' closed door ('open' it)" in lines and "DANGER: southeast: '}' dangerous" in lines
     assert ("CAN MOVE: south (monster 'd'), east (stairs down '>'), west ('.'), southwest (door '+')") in lines
     assert "BLOCKED: north (wall '-'), northeast (wall '-'), northwest (wall '-')" in lines
-    assert automem.nle_map_analysis("no map here") == ""
+    assert hook_helpers.nle_map_analysis("no map here") == ""
 
 
 def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
@@ -363,7 +365,7 @@ def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
     outside.mkdir()
     (outside / "keep.txt").write_text("mine")
     (tmp_path / "mem").symlink_to(outside, target_is_directory=True)
-    agent = automem.Agent(automem.load_scaffold(CRAFTER_V0), llm.load("scripted", replies=["x"]), game, tmp_path / "mem")
+    agent = automem.Agent(scaffold_spec.load_scaffold(CRAFTER_V0), llm.load("scripted", replies=["x"]), game, tmp_path / "mem")
     with pytest.raises(ValueError, match="symbolic link"):
         agent.reset()
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]  # nothing deleted or written through the link
@@ -372,7 +374,7 @@ def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
 def test_two_model_budgets_as_theirs(tmp_path, game):
     """At most plan_turns consultation calls, then at most plan_turns base calls on the same chat; a consultation
     that spends its calls hands over the chat as it stands (its last results shown, no hand-off text)."""
-    scaffold = automem.load_scaffold(CRAFTER_V0)
+    scaffold = scaffold_spec.load_scaffold(CRAFTER_V0)
     scaffold["limits"]["plan_turns"] = 3
     reads = ["<|SEARCH|>strategy.txt|tree<|END|>"] * 3
     agent, recs, _ = play(tmp_path, game, reads * 2, steps=1, scaffold=scaffold, memory_llm=llm.load("scripted", replies=reads))

@@ -8,8 +8,8 @@ import pytest
 
 import envs
 import eval as evaluation
-import trace_format
 import llm
+import trace_format
 
 VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
 

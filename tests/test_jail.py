@@ -23,6 +23,7 @@ import jail
 import llm
 import memory_fs
 import meta_loop
+import scaffold_spec
 import train_lora
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,9 +360,9 @@ def test_untrusted_scaffolds_never_import_hooks_in_process(tmp_path):
     shutil.copytree(V0, folder)
     (folder / "hooks.py").write_text(f"try:\n    open({str(tmp_path / 'imported')!r}, 'w')\nexcept OSError:\n    pass\n"
                                      "def observe(ctx):\n    return 'x'\n")
-    assert isinstance(automem.load_scaffold(folder, jailed=True)["hooks"], jail.JailedHooks)
+    assert isinstance(scaffold_spec.load_scaffold(folder, jailed=True)["hooks"], jail.JailedHooks)
     (folder / "scaffold.yaml").write_text((V0 / "scaffold.yaml").read_text() + "trusted: false\n")
-    hooks = automem.load_scaffold(folder)["hooks"]
+    hooks = scaffold_spec.load_scaffold(folder)["hooks"]
     assert isinstance(hooks, jail.JailedHooks) and list(hooks) == ["observe"]
     assert not (tmp_path / "imported").exists()
     assert hooks["observe"](automem.Context(0, None, memory_fs.MemoryFS(tmp_path / "m"), None)) == "x"
@@ -369,7 +370,7 @@ def test_untrusted_scaffolds_never_import_hooks_in_process(tmp_path):
     assert not (tmp_path / "imported").exists()  # its import ran in the jail, where that path is not even there
     (folder / "scaffold.yaml").write_text((V0 / "scaffold.yaml").read_text() + "trusted: yes please\n")
     with pytest.raises(ValueError, match="trusted must be true or false"):
-        automem.load_scaffold(folder)
+        scaffold_spec.load_scaffold(folder)
 
 
 # ----------------------------------------------------------------------------- what travels

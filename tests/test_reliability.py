@@ -14,8 +14,8 @@ import pytest
 
 import eval as evaluation
 import jail
-import trace_format
 import llm
+import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
 # A deterministic scripted agent: its reply depends only on the prompt, so a restarted episode

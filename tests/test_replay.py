@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 import envs
-import trace_format
 import replay
+import trace_format
 from test_report import call, episode, result, traces, write_trace  # noqa: F401 (traces: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,6 +18,7 @@ import eval as evaluation
 import llm
 import metrics
 import report
+import scaffold_spec
 import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +207,7 @@ def test_aliased_writes_count_and_calls_without_ops_are_skipped():
 def scripted_run(env, out, steps, seed=42, kind="memory", run="demo-v0"):
     """An episode of the real game with scripted replies: LOG appends then searches, PLAN searches
     then acts (one reply per call, so calls and ops per step are known)."""
-    scaffold = automem.load_scaffold(ROOT / "scaffolds" / env / "v0")
+    scaffold = scaffold_spec.load_scaffold(ROOT / "scaffolds" / env / "v0")
     game = envs.make(env)
     rnd = random.Random(seed)
     names = sorted(scaffold["files"])

@@ -17,10 +17,11 @@ import jail
 import llm
 import memory_fs
 import meta_loop
+import scaffold_spec
 import trace_format
 
 V5 = Path(__file__).resolve().parent.parent / "scaffolds" / "crafter" / "v5"
-SCAFFOLD = automem.load_scaffold(V5)
+SCAFFOLD = scaffold_spec.load_scaffold(V5)
 spec = importlib.util.spec_from_file_location("crafter_v5_hooks", V5 / "hooks.py")
 H = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(H)

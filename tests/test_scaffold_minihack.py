@@ -10,10 +10,12 @@ import pytest
 
 import automem
 import envs
+import hook_helpers
 import jail
 import llm
 import memory_fs
 import meta_loop
+import scaffold_spec
 import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +54,8 @@ def fresh_state(pos, visits, path=None):
 # ----------------------------------------------------------------------------- per-task overrides (Boxoban)
 
 def test_boxoban_overrides_files_instruction_and_fallback():
-    scaffold = automem.load_scaffold(V4)
-    box, maze = automem.for_task(scaffold, BOXOBAN), automem.for_task(scaffold, MAZE)
+    scaffold = scaffold_spec.load_scaffold(V4)
+    box, maze = scaffold_spec.for_task(scaffold, BOXOBAN), scaffold_spec.for_task(scaffold, MAZE)
     assert sorted(box["files"]) == ["actions_log.txt", "dungeon_map.txt", "game_rules.txt", "nethack_symbols.txt",
                                     "strategy.txt"]  # no inventory.txt
     assert "inventory.txt" in maze["files"] and maze["files"]["game_rules.txt"] != box["files"]["game_rules.txt"]
@@ -75,8 +77,8 @@ def test_boxoban_overrides_files_instruction_and_fallback():
 
 def test_map_analysis_boxoban_bars_and_doors_on_map():
     rows = ("+ + + + +", "", "-----", "|.@#|", "|.+.|", "-----")
-    maze = hooks.map_analysis(automem.read_nle_map(observation(rows=rows)), MAZE).split("\n")
-    box = hooks.map_analysis(automem.read_nle_map(observation(rows=rows)), BOXOBAN).split("\n")
+    maze = hooks.map_analysis(hook_helpers.read_nle_map(observation(rows=rows)), MAZE).split("\n")
+    box = hooks.map_analysis(hook_helpers.read_nle_map(observation(rows=rows)), BOXOBAN).split("\n")
     assert maze[0] == "MAP ANALYSIS (computed from the map):"
     assert "CAN MOVE: south (door '+'), east ('#'), west ('.'), southeast ('.'), southwest ('.')" in maze
     assert "CAN MOVE: south (door '+'), west ('.'), southeast ('.'), southwest ('.')" in box  # '#' = iron bars
@@ -84,13 +86,13 @@ def test_map_analysis_boxoban_bars_and_doors_on_map():
     assert "DOORS: south: '+' closed door ('open' it)" in maze  # the adjacent door is not "on map"
     assert ("DOORS ON MAP: '+' about 2 tiles northwest; '+' about 2 tiles north; '+' about 2 tiles northeast; "
             "'+' about 4 tiles northeast") in maze  # the first 4 of 5, row by row; the blank row is skipped
-    assert automem.read_nle_map("no map here") is None and hooks.map_analysis(None, MAZE) == ""
-    stairs = hooks.map_analysis(automem.read_nle_map(observation(rows=("> > > >", "-------", "|.@.|"))), MAZE)
+    assert hook_helpers.read_nle_map("no map here") is None and hooks.map_analysis(None, MAZE) == ""
+    stairs = hooks.map_analysis(hook_helpers.read_nle_map(observation(rows=("> > > >", "-------", "|.@.|"))), MAZE)
     assert "STAIRS IN VIEW: '>' about 2 tiles northwest; '>' about 2 tiles north; '>' about 2 tiles northeast\n" in stairs
 
 
 def test_passable_directions_in_their_order_filtered_to_the_tasks_moves():
-    facts = automem.read_nle_map(observation())
+    facts = hook_helpers.read_nle_map(observation())
     assert hooks.passable_moves(facts, MAZE) == ["northeast", "northwest", "southeast", "southwest",
                                                  "north", "south", "east", "west"]
     assert hooks.passable_moves(facts, BOXOBAN) == ["north", "south", "east", "west"]
@@ -213,7 +215,7 @@ def test_mandatory_directive_is_hidden_during_game_prompts(tmp_path):
 
 def test_stairs_banner_goal_and_lava_barrier():
     def directive(rows):
-        facts = automem.read_nle_map(observation(rows=rows))
+        facts = hook_helpers.read_nle_map(observation(rows=rows))
         return hooks.stairs_directive(facts, hooks.passable_moves(facts, MAZE))
     banner = directive(("-----", "|.@>|", "-----"))
     assert "STAIRS DOWN '>' ARE RIGHT NEXT TO YOU, EAST!" in banner and banner.endswith("<|ACTION|>east<|END|>")
@@ -249,7 +251,7 @@ def test_game_prompt_switches_plan_to_the_direction_only_template(tmp_path):
         assert slots["prompt"] == "plan_direction" and "*** GAME PROMPT" in slots["game_prompt"]
     assert "ONLY the one letter" in slots["game_prompt"]
     assert hooks.game_prompt(observation(message="What do you want to zap?")) == ""
-    template = automem.load_scaffold(V4)["prompts"]["plan_direction"]
+    template = scaffold_spec.load_scaffold(V4)["prompts"]["plan_direction"]
     assert "{game_prompt}" in template and "{analysis}" in template and "{file_index}" not in template
 
 
@@ -282,7 +284,7 @@ def test_repair_go_and_move_after_v0s_two_step_repair():
 # ----------------------------------------------------------------------------- prompts
 
 def test_plan_slot_order_and_10_step_process():
-    scaffold = automem.load_scaffold(V4)
+    scaffold = scaffold_spec.load_scaffold(V4)
     plan = scaffold["prompts"]["plan"]
     order = ["You are playing MiniHack", "external memory", "{task_tips}", "SPATIAL AWARENESS", "{notices}",
              "{recent_actions}", "{analysis}", "{stairs}", "{exploration}", "{mandatory}", "{file_index}",
@@ -298,7 +300,7 @@ def test_plan_slot_order_and_10_step_process():
 
 
 def test_log_is_v0s_and_the_stuck_notice_drops_critical():
-    v0, v4 = automem.load_scaffold(V4.parent / "v0"), automem.load_scaffold(V4)
+    v0, v4 = scaffold_spec.load_scaffold(V4.parent / "v0"), scaffold_spec.load_scaffold(V4)
     assert v4["prompts"]["log"] == v0["prompts"]["log"] and v4["prompts"]["log_continue"] == v0["prompts"]["log_continue"]
     assert "CRITICAL" in v0["texts"]["stuck"] and "CRITICAL" not in v4["texts"]["stuck"]
     assert "STUCK" in v4["texts"]["stuck"] and v4["texts"]["stuck"].isascii() and v4["texts"]["unchanged"].isascii()
@@ -308,9 +310,9 @@ def test_log_is_v0s_and_the_stuck_notice_drops_critical():
 # ----------------------------------------------------------------------------- the whole scaffold
 
 def test_loads_and_passes_loop_1s_checks():
-    scaffold = automem.load_scaffold(V4)
+    scaffold = scaffold_spec.load_scaffold(V4)
     assert set(scaffold["hooks"]) == {"observe", "before_plan", "after_log", "repair_action"}
-    assert scaffold["limits"] == automem.LIMITS and not scaffold["search_all"]
+    assert scaffold["limits"] == scaffold_spec.LIMITS and not scaffold["search_all"]
     meta_loop.check_schema(V4, "minihack")
     jail.check_source((V4 / "hooks.py").read_text())
     meta = json.loads((V4 / "meta.json").read_text())
@@ -326,7 +328,7 @@ def test_plays_3_real_steps(tmp_path, context_mode):
     replies = ["<|ACTION|>go east<|END|>",
                "<|DONE|>", "<|ACTION|>open<|END|>",
                "<|DONE|>", "<|ACTION|>south<|END|>"]
-    agent = automem.Agent(automem.load_scaffold(V4), llm.load("scripted", replies=replies), game, tmp_path / "m",
+    agent = automem.Agent(scaffold_spec.load_scaffold(V4), llm.load("scripted", replies=replies), game, tmp_path / "m",
                           context=context_mode)
     automem.run_episode(agent, game, seed=42, trace_path=tmp_path / "t.jsonl", max_steps=3)
     header, recs, end = trace_format.read_trace(tmp_path / "t.jsonl")

@@ -8,10 +8,12 @@ import pytest
 
 import automem
 import envs
+import hook_helpers
 import jail
 import llm
 import memory_fs
 import meta_loop
+import scaffold_spec
 import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +21,7 @@ V2 = ROOT / "scaffolds" / "nethack" / "v2"
 module_spec = importlib.util.spec_from_file_location("nethack_v2_hooks", V2 / "hooks.py")
 hooks = importlib.util.module_from_spec(module_spec)
 module_spec.loader.exec_module(hooks)
-SCAFFOLD = automem.load_scaffold(V2)
+SCAFFOLD = scaffold_spec.load_scaffold(V2)
 STATUS_LINES = ("Agent the Plunderess           St:18/03 Dx:16 Co:16 In:7 Wi:8 Ch:6 Neutral S:0\n"
                 "Dlvl:3 $:12 HP:7(11) Pw:2(2) AC:7 Xp:2/30 T:400 Hungry FoodPois Conf")
 
@@ -146,12 +148,12 @@ def test_stairs_notices_on_the_stairs_and_next_to_them():
     for rows, direction in ((["-----", "|..>.", "|.@..", "|....", "-----"], "northeast"),
                             (["-----", "|....", "|.@..", "|>...", "-----"], "southwest"),
                             (["-----", "|....", "|.@>.", "|....", "-----"], "east")):
-        alert, reminder = hooks.stairs_notices(map_text(rows), automem.nle_map_analysis(map_text(rows)))
+        alert, reminder = hooks.stairs_notices(map_text(rows), hook_helpers.nle_map_analysis(map_text(rows)))
         assert f"1 TILE {direction.upper()} OF YOU" in alert and reminder.endswith(f"Go {direction} NOW.")
     # fixed: a '<' next to you and a '>' further away is not "1 tile" (theirs said so)
     rows = ["--------", "|.<....", "|.@....", "|.....>", "--------"]
-    assert "'>' about 4 tiles" in automem.nle_map_analysis(map_text(rows))
-    assert hooks.stairs_notices(map_text(rows), automem.nle_map_analysis(map_text(rows))) == ("", "")
+    assert "'>' about 4 tiles" in hook_helpers.nle_map_analysis(map_text(rows))
+    assert hooks.stairs_notices(map_text(rows), hook_helpers.nle_map_analysis(map_text(rows))) == ("", "")
 
 
 def test_stairs_slots_open_and_close_the_plan_prompt():
@@ -188,7 +190,7 @@ def test_files_and_texts_of_v2():
     assert len(strategy) == 20 and "NAVIGATION NOTES" in strategy[15] and "LESSONS LEARNED" in strategy[18]
     assert "If HP < 15 and your last prayer is 300+ turns ago, pray." in files["strategy.txt"]
     assert files["current_status.txt"] == "" and files["inventory.txt"] == ""
-    v0 = automem.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")
+    v0 = scaffold_spec.load_scaffold(ROOT / "scaffolds" / "nethack" / "v0")
     assert files["nethack_symbols.txt"] == v0["files"]["nethack_symbols.txt"]
     texts = SCAFFOLD["texts"]
     for name in ("unchanged", "stuck"):

@@ -18,8 +18,8 @@ import pytest
 import eval as evaluation
 import llm
 import metrics
-import trace_format
 import report
+import trace_format
 import train_lora
 from bench.harness_throughput import Stub
 

@@ -11,6 +11,7 @@ import pytest
 import automem
 import llm
 import loop as machinery
+import scaffold_spec
 import train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,7 @@ def test_chat_rebuilt_exactly_from_a_real_agent_trace(tmp_path):
             return "<|APPEND|>map_notes.txt|tree north-east<|END|>\n<|DONE|>"
         return "<|ACTION|>Move East<|END|>"
 
-    scaffold = automem.load_scaffold(ROOT / "scaffolds/crafter/v0")
+    scaffold = scaffold_spec.load_scaffold(ROOT / "scaffolds/crafter/v0")
     scaffold["limits"].update(log_turns=2, plan_turns=2)
     game = envs.make("crafter", "default", max_steps=3)
     agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), game, tmp_path / "memory")

@@ -14,7 +14,7 @@ for the inventory and the vitals, which the text prints from the same numbers (`
 """
 import re
 
-from automem import repair_two_step
+from hook_helpers import repair_two_step
 
 CRAFTS = ("Make Wood Pickaxe", "Make Stone Pickaxe", "Make Iron Pickaxe",
           "Make Wood Sword", "Make Stone Sword", "Make Iron Sword")

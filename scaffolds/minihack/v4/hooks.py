@@ -5,7 +5,7 @@ before_plan (PLAN's slots, or the direction-only template during a game prompt),
 repair_action (v0's two-step repair, then go/move). Per-episode state lives in ctx.episode."""
 import re
 
-from automem import NEIGHBOURS, map_analysis_text, read_nle_map, repair_two_step, tile_kind
+from hook_helpers import NEIGHBOURS, map_analysis_text, read_nle_map, repair_two_step, tile_kind
 
 CARDINAL = ("north", "south", "east", "west")
 PASSABLE_ORDER = ("northeast", "northwest", "southeast", "southwest", "north", "south", "east", "west")  # theirs
@@ -61,7 +61,7 @@ def tile(ch, task):
 
 
 def map_analysis(facts, task):
-    """v0's MAP ANALYSIS of automem.read_nle_map's facts, with Boxoban's bars blocked and DOORS ON MAP (up to 4
+    """v0's MAP ANALYSIS of hook_helpers.read_nle_map's facts, with Boxoban's bars blocked and DOORS ON MAP (up to 4
     doors more than 1 tile away)."""
     return map_analysis_text(facts, kind=lambda ch: tile(ch, task), doors_on_map=FAR_DOORS)
 

@@ -1,6 +1,6 @@
 """v0 hooks, as in the authors' v0 agent: the MAP ANALYSIS of the text map (the prompts' {analysis}) and the
 repair of a two-step command written with its argument ('eat d' -> 'eat')."""
-from automem import nle_map_analysis, repair_two_step
+from hook_helpers import nle_map_analysis, repair_two_step
 
 
 def observe(ctx):

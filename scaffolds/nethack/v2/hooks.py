@@ -19,7 +19,7 @@ Where this differs from their code, on purpose:
 """
 import re
 
-from automem import nle_map_analysis, repair_two_step
+from hook_helpers import nle_map_analysis, repair_two_step
 from memory_fs import TAG, TERMINATORS
 
 MAP_FILE = "dungeon_map.txt"
