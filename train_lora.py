@@ -14,6 +14,7 @@ meta-LLM evolve the data selection and the LoRA config, scored by the two-model 
 
     # 2. SFT: LoRA (QLoRA on CUDA), defaults from the authors' per-env priors; re-running resumes
     python train_lora.py sft --data data/crafter.jsonl --out adapters/crafter [--env crafter] [--model Qwen/Qwen2.5-32B-Instruct]
+    accelerate launch --config_file configs/accelerate_zero3.yaml train_lora.py sft ... --zero3   # bf16 LoRA, ZeRO-3, 2 GPUs
     python eval.py --env crafter --memory-adapter adapters/crafter --backend transformers --model <same base>
 
     # 3. training engine: a meta-LLM proposes select() + LoRA config, each recipe is trained and evaluated
