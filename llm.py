@@ -453,7 +453,8 @@ class Transformers:
         mask = torch.tensor([[0] * p + [1] * len(c["ids"]) for p, c in zip(pads, batch)], device=self.net.device)
         eos = self.eos if isinstance(self.eos, list) else [self.eos]
         ends = RowEnds(width, [c["limit"] for c in batch], [c["stop"] for c in batch], eos, self.tok, self.net.device)
-        sample = [RowSampler([c["seed"] for c in batch], self.temperature, self.net.device)] if self.temperature > 0 else []
+        seeds = [c["seed"] for c in batch]
+        sample = [RowSampler(seeds, self.temperature, self.net.device)] if self.temperature > 0 else []
         config = transformers.GenerationConfig(max_new_tokens=max(c["limit"] for c in batch), do_sample=False,
                                                eos_token_id=self.eos, pad_token_id=self.pad)
         adapter = batch[0]["adapter"]

@@ -279,7 +279,8 @@ def test_eval_workers_share_one_batching_transformers_model(tiny_dir, tmp_path, 
     (max_batch = workers), not in processes that each load a copy."""
     import eval as evaluation
     sizes, run = [], llm.Transformers.generate
-    monkeypatch.setattr(llm.Transformers, "generate", lambda self, batch: (sizes.append(len(batch)), run(self, batch))[1])
+    record = lambda self, batch: (sizes.append(len(batch)), run(self, batch))[1]
+    monkeypatch.setattr(llm.Transformers, "generate", record)
     evaluation.main(["--env", "crafter", "--quick", "--episodes", "2", "--workers", "2", "--backend", "transformers",
                      "--model", str(tiny_dir[0]), "--grammar", "off", "--runs-dir", str(tmp_path), "--no-replay"])
     assert evaluation.WORKER["llm"].max_batch == 2 and sizes and max(sizes) <= 2  # calls ran here, in batches
