@@ -50,10 +50,10 @@ def trace_digest(eval_dir, budget):
 
 def episode_digest(header, steps, end):
     """One episode: outcome, events with their steps (EVENTS_SHOWN of each kind), memory, one step verbatim."""
-    achieved = f"; achievements: {', '.join(end['achievements'])}" if end.get("achievements") else ""
+    achieved = f"; achievements: {', '.join(end['achievements'])}" if end["achievements"] else ""
     lines = [f"### {header['task']} seed {header['seed']}: progression {100 * end['progression']:.1f} %, "
              f"{end['steps']} steps, ended by {end['end_reason']}{achieved}"]
-    fallbacks = [t for t, s in enumerate(steps) if s.get("fallback")]
+    fallbacks = [t for t, s in enumerate(steps) if s["fallback"]]
     if fallbacks:
         ended = [steps[t]["plan"]["ended"] for t in fallbacks]
         lines.append(f"fallback: in {len(fallbacks)} of {len(steps)} steps ({spans(fallbacks)}) PLAN committed no action "
@@ -80,14 +80,14 @@ def episode_digest(header, steps, end):
                                             f"('{s['executed']}' ran)")
             example = t if example is None else example
         events["sent back by check_action"] += [f"step {t}: {g['action']!r} sent back: {line(g['reason'], 120)}"
-                                                for g in s.get("gate", [])]
+                                                for g in s["gate"]]
         for routine, call, _ in trace_format.model_calls(header, s):
             # zip: the op that ended the routine (ACTION, DONE) has no result
-            for (name, args), r in zip(call.get("ops", []), call.get("results", [])):
+            for (name, args), r in zip(call["ops"], call["results"]):
                 if name == "SEARCH" and r["ok"] and r["matches"] == 0:
                     events["empty search"].append(f"step {t} {routine.upper()}: SEARCH {line('|'.join(args), 80)} "
                                                   f"found nothing")
-                if r.get("redundant"):
+                if r["redundant"]:
                     events["redundant write"].append(f"step {t} {routine.upper()}: {name} "
                                                      f"{line('|'.join(args), 80)} was already there")
         if s["progression"] > (steps[t - 1]["progression"] if t else 0.0):
@@ -96,7 +96,7 @@ def episode_digest(header, steps, end):
         if found:
             more = [f"... {len(found) - EVENTS_SHOWN} more"] if len(found) > EVENTS_SHOWN else []
             lines.append(f"{kind} ({len(found)}):\n  " + "\n  ".join(found[:EVENTS_SHOWN] + more))
-    memory, initial = end.get("memory") or {}, header.get("files") or {}
+    memory, initial = end["memory"], header["files"]
     changed = [f"{name} ({text.count(chr(10))} lines): ...{line(text[-160:], 160)}"
                for name, text in memory.items() if text != initial.get(name)]
     lines.append(f"memory at the end: {len(memory) - len(changed)} of {len(memory)} files as at the start"

@@ -355,8 +355,8 @@ def summarize(config, run_dir):
             "episodes": len(episodes), "expected_episodes": expected,
             "per_episode": [{"task": ep[0]["task"], "seed": ep[0]["seed"], "progression": ep[2]["progression"]}
                             for ep in episodes],
-            "success_rule_disagreements": sum(ep[2].get("success") != ep[2].get("success_balrog")
-                                              for ep in episodes if ep[2].get("success") is not None),
+            "success_rule_disagreements": sum(ep[2]["success"] != ep[2]["success_balrog"]
+                                              for ep in episodes if ep[2]["success"] is not None),
             "steps": sum(ep[2]["steps"] for ep in episodes),
             "behaviour": metrics.behaviour(episodes),
         }

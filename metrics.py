@@ -54,13 +54,14 @@ def bootstrap_difference(a, b, paired, n=10_000, seed=0):
 def calls(steps, routine=None):
     for s in steps:
         for name in ("log", "plan") if routine is None else (routine,):
-            yield from (s.get(name) or {}).get("turns", [])
+            if s.get(name):  # no LOG on the first step, nor for the baselines
+                yield from s[name]["turns"]
 
 
 def op_results(steps, routine=None):
     """(op name, result dict) for every executed op; aliases count as the op they stand for."""
     for call in calls(steps, routine):
-        for (name, _args), result in zip(call.get("ops", []), call.get("results", [])):
+        for (name, _args), result in zip(call["ops"], call["results"]):
             yield ("UPSERT" if name.startswith("UPSERT") else name), result
 
 
@@ -115,7 +116,7 @@ def invalid_action_rate(episodes):
 
 def fallback_rate(episodes):
     steps = [s for _, steps, _ in episodes for s in steps]
-    return ratio(sum(bool(s.get("fallback")) for s in steps), len(steps))
+    return ratio(sum(s["fallback"] for s in steps), len(steps))
 
 
 def per_step(episodes, key):

@@ -121,7 +121,7 @@ def replay_memory(files, steps):
         state = fs.snapshot()
         for s in steps:
             touched, problem = set(), ""
-            for name, args in s.get("writes") or []:
+            for name, args in s["writes"]:
                 try:
                     fs.apply(memory_fs.Op(name, list(args), ""))
                 except ValueError as e:
@@ -148,7 +148,7 @@ def stored(files):
 def memory_at(header, steps, t):
     """The memory files after step t's writes (t = -1: the initial files), rebuilt from the nearest
     snapshot at or before t."""
-    start, state = 0, stored(header.get("files") or {})
+    start, state = 0, stored(header["files"])
     for i in range(min(t, len(steps) - 1), -1, -1):
         if "snapshot" in steps[i]:
             start, state = i + 1, steps[i]["snapshot"]
@@ -184,23 +184,22 @@ def utf16_len(text):
 
 def call_view(call):
     """One model call: its ops with their results (None once the routine stopped)."""
-    results = call.get("results") or []
+    results = call["results"]
     ops = []
-    for i, (name, args) in enumerate(call.get("ops") or []):
+    for i, (name, args) in enumerate(call["ops"]):
         r = results[i] if i < len(results) else None
         ops.append([name, cli.clip("|".join(args), RESULT_CHARS), None if r is None else
                     {"t": cli.clip(r["text"], RESULT_CHARS), "ok": r["ok"], "w": r["wrote"], "rd": r["redundant"], "n": r["matches"]},
                     r is None and i == len(results)])  # the op that ended the routine
-    return {"m": call.get("model", "base"), "reply": cli.clip(call.get("reply"), REPLY_CHARS), "ops": ops,
-            "pt": call.get("prompt_tokens"), "ct": call.get("completion_tokens"), "s": call.get("seconds"),
+    return {"m": call["model"], "reply": cli.clip(call["reply"], REPLY_CHARS), "ops": ops,
+            "pt": call["prompt_tokens"], "ct": call["completion_tokens"], "s": call["seconds"],
             "drop": call.get("dropped_action")}
 
 
 def routine_view(routine):
     if not routine:
         return None
-    return {"ended": routine.get("ended"), "action": routine.get("action"),
-            "turns": [call_view(c) for c in routine.get("turns") or []]}
+    return {"ended": routine["ended"], "action": routine["action"], "turns": [call_view(c) for c in routine["turns"]]}
 
 
 def episode_view(trace):
@@ -209,21 +208,20 @@ def episode_view(trace):
     if header is None or not steps:
         raise ValueError(f"{trace}: not an episode trace with steps (expected runs/<name>/traces/<env>/<task>__NN.jsonl)")
     view_steps, mem, problems, total = [], [], [], 0.0
-    before = files0 = stored(header.get("files") or {})
+    before = files0 = stored(header["files"])
     for s, state, changed, problem in replay_memory(files0, steps):
         mem.append({n: None if n not in state else splice(before.get(n, ""), state[n]) for n in sorted(changed)})
         before = state
         if problem:
             problems.append(f"step {s['step']}: {problem}")
-        total += s.get("reward") or 0.0
+        total += s["reward"]
         view_steps.append({"a": s["action"], "v": s["valid"], "x": s["executed"], "r": s["reward"], "ret": total,
-                           "p": s["progression"], "fb": s.get("fallback", False), "gate": [[g["action"], g["reason"]] for g in s.get("gate") or []],
-                           "hooks": s.get("hooks") or {}, "log": routine_view(s.get("log")),
-                           "plan": routine_view(s.get("plan"))})
+                           "p": s["progression"], "fb": s["fallback"], "gate": [[g["action"], g["reason"]] for g in s["gate"]],
+                           "hooks": s["hooks"], "log": routine_view(s.get("log")), "plan": routine_view(s["plan"])})
     obs = [s["observation"] for s in steps]
     if end:  # the last position shows the end: final observation and final memory
         obs.append(end["final_observation"])
-        final = end.get("memory") or {}
+        final = end["memory"]
         diff = {n: None if n not in final else splice(before.get(n, ""), final[n])
                 for n in sorted(set(final) | set(before)) if final.get(n) != before.get(n)}
         if diff:
@@ -233,10 +231,10 @@ def episode_view(trace):
     return {
         "title": f"{header.get('run') or Path(trace).parent.parent.parent.name} · {Path(trace).stem}",
         "meta": f"{header['env']} · {header['task']} · seed {header['seed']} · agent {header['agent']}"
-                + (f" · scaffold {header['scaffold']} ({header.get('scaffold_hash')})" if header["agent"] == "memory" else ""),
+                + (f" · scaffold {header['scaffold']} ({header['scaffold_hash']})" if header["agent"] == "memory" else ""),
         "env": header["env"], "n": len(steps), "steps": view_steps, "obs": obs, "mem": mem,
         "files0": files0,
-        "end": end and {k: end.get(k) for k in ("steps", "progression", "success", "end_reason", "achievements", "return")},
+        "end": end and {k: end[k] for k in ("steps", "progression", "success", "end_reason", "achievements", "return")},
         "frame_steps": [t for t, _ in frames], "problems": problems,
     }, [base64.b64encode(png).decode() for _, png in frames]
 

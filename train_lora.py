@@ -162,7 +162,7 @@ def step_flags(steps, end):
 
 def turn_counts(turn):
     """Counts over the memory ops a turn ran (DONE/ACTION excluded)."""
-    ran = [(name, r) for (name, _), r in zip(turn.get("ops", []), turn.get("results", []))
+    ran = [(name, r) for (name, _), r in zip(turn["ops"], turn["results"])
            if name not in ("DONE", "ACTION")]
     return {
         "reads": sum(name in memory_fs.READ_OPS for name, _ in ran),
@@ -171,20 +171,20 @@ def turn_counts(turn):
         "writes": sum(name in memory_fs.WRITE_OPS and r["ok"] and not r["redundant"] for name, r in ran),
         "redundant": sum(name in memory_fs.WRITE_OPS and bool(r["redundant"]) for name, r in ran),
         "failed": sum(not r["ok"] for _, r in ran),
-        "ops": [op for op in turn.get("ops", [])[:len(turn.get("results", []))] if op[0] not in ("DONE", "ACTION")],
+        "ops": [op for op in turn["ops"][:len(turn["results"])] if op[0] not in ("DONE", "ACTION")],
     }
 
 
 def candidates(path):
     """Every LOG/PLAN turn of one trace as a candidate example, or None if it is no memory-agent trace."""
     header, steps, end = trace_format.read_trace(path)
-    if not header or header.get("agent") != "memory":
+    if not header or header["agent"] != "memory":
         return None
     productive, runs = step_flags(steps, end)
     final = end["progression"] if end else (steps[-1]["progression"] if steps else 0.0)
     out, before = [], 0.0
     for t, s in enumerate(steps):
-        refused = {g["turn"] for g in s.get("gate") or []}  # PLAN turns whose action check_action sent back
+        refused = {g["turn"] for g in s["gate"]}  # PLAN turns whose action check_action sent back
         for routine, mine in trace_format.routine_runs(header, s):
             counts = [turn_counts(turn) for turn, _ in mine]
             for k, (turn, chat) in enumerate(mine):
@@ -193,12 +193,12 @@ def candidates(path):
                 out.append({
                     "env": header["env"], "task": header["task"], "seed": header["seed"], "source": str(path),
                     "step": s["step"], "routine": routine, "turn": k, "turns": len(mine), "sent_back": sent_back,
-                    "model": turn.get("model", "base"), "target": target, "reply": turn["reply"],
+                    "model": turn["model"], "target": target, "reply": turn["reply"],
                     "messages": chat + [{"role": "assistant", "content": target}], "observation": s["observation"],
                     **counts[k],
                     "reads_before": sum(c["reads"] for c in counts[:k]),
                     "writes_after": sum(c["writes"] for c in counts[k + 1:]),
-                    "action": s["action"], "valid": s["valid"], "fallback": bool(s.get("fallback")),
+                    "action": s["action"], "valid": s["valid"], "fallback": s["fallback"],
                     "productive": productive[t], "stuck_run": runs[t],
                     "step_progressed": s["progression"] > before, "episode_progression": final,
                 })

@@ -195,10 +195,10 @@ def test_progression_stats_values():
     assert metrics.progression_stats([0.0, 1.0]) == {"mean": 50.0, "se": pytest.approx(50 / 2 ** 0.5), "n": 2}
 
 
-def test_aliased_writes_count_and_calls_without_ops_are_skipped():
+def test_aliased_writes_count_and_calls_without_ops_are_skipped(tmp_path):
     upsert_map = call([("UPSERT_MAP", ["3,4", "door"])], [result(redundant=True)])  # a custom op of UPSERT
-    bare = {k: v for k, v in call().items() if k not in ("ops", "results")}  # a call with no ops recorded
-    ep = with_calls(episode(["a"], "b"), log=lambda t: [upsert_map, bare])
+    bare = {k: v for k, v in call().items() if k not in ("ops", "results")}  # a version-1 trace's call without ops
+    ep = write_trace(tmp_path / "t.jsonl", *with_calls(episode(["a"], "b"), log=lambda t: [upsert_map, bare]))
     assert metrics.redundant_write_rate([ep]) == 1.0 and metrics.empty_search_rate([ep]) is None
 
 
