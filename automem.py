@@ -1,6 +1,7 @@
 """
 automem.py: the inner agent of AutoMem. Memory is a directory of text files; memory
-operations share the action space with game actions.
+operations share the action space with game actions. The agent runs a scaffold (scaffold_spec.py
+reads and checks it); run_episode records every step in a trace (trace_format.py defines it).
 
 Each env step of the memory agent (the authors' v0 step, with their converged scaffolds' hook points):
   1. hook `observe` (derived text such as a map analysis, the prompts' {analysis}) and a stuck notice
@@ -16,7 +17,8 @@ Prompts are the scaffold's templates (scaffold.yaml); an empty `system` prompt s
 (the authors' v0: every message is a user or assistant turn). Hooks `before_log`/`before_plan` return
 text for {notices}, or a dict that fills the scaffold's declared `slots` (and may pick another PLAN
 template with "prompt"). Hooks change memory only through ctx.write (recorded in the trace like the
-model's writes); `custom_op` runs ops the scaffold declares in `custom_ops`.
+model's writes); `custom_op` runs ops the scaffold declares in `custom_ops`. The shipped hooks share
+hook_helpers.py (the v0 map analysis and action repair). Each hook gets a Context (below).
 With `grammar: true` in scaffold.yaml every call is constrained to the op syntax
 (memory_fs.grammar: the routine's ops on the current files, PLAN's actions by name, PLAN's last
 call an action), for models too small to follow the format (the embedded 135M one).
@@ -31,9 +33,10 @@ The baselines of the paper's table run on the same runner: "window" (the last 16
 messages of observations and actions) and "cot" (think, then "ACTION: <name>").
 
 Usage (normally through eval.py):
-    scaffold = load_scaffold("scaffolds/crafter/v0")
+    scaffold = scaffold_spec.load_scaffold("scaffolds/crafter/v0")
     agent = Agent(scaffold, llm.load(), game, memory_dir="runs/x/memory/ep0")
     run_episode(agent, game, seed=42, trace_path="runs/x/traces/ep0.jsonl")
+    header, steps, end = trace_format.read_trace("runs/x/traces/ep0.jsonl")
 """
 import hashlib
 import json

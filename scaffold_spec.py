@@ -140,18 +140,7 @@ def check_spec(spec, where):
     slots, custom = spec.get("slots") or [], spec.get("custom_ops") or []
     need(isinstance(slots, list) and all(isinstance(s, str) and SLOT.fullmatch(s) for s in slots)
          and not set(slots) & set().union(*PLACEHOLDERS.values()), "slots must be a list of new lower-case names")
-    prompts = spec["prompts"]
-    for name, text in prompts.items():
-        base = name if name in PLACEHOLDERS else "plan" if re.fullmatch(r"plan_[a-z0-9_]+", name) else None
-        need(base is not None, f"prompts.{name}: unknown prompt (known: {sorted(PLACEHOLDERS)}, or plan_<name> "
-                               "for a PLAN template a hook can pick)")
-        allowed = PLACEHOLDERS[base] | (set(slots) if base in ("log", "plan") else set())
-        check_template(text, allowed, f"{where}: prompts.{name}")
-    for name in PLACEHOLDERS:
-        need(name in prompts or name == "system", f"prompts.{name} is missing")
-    for name, text in (spec.get("texts") or {}).items():
-        need(name in TEXT_FIELDS, f"texts.{name}: unknown text (known: {sorted(TEXT_FIELDS)})")
-        check_template(text, TEXT_FIELDS[name], f"{where}: texts.{name}")
+    check_prompts(spec, slots, where)
     limits = spec.get("limits") or {}
     for name, value in limits.items():
         need(name in LIMITS, f"limits.{name}: unknown limit (known: {sorted(LIMITS)})")
@@ -180,6 +169,25 @@ def check_spec(spec, where):
         names = envs.action_names(spec["env"])
         need(isinstance(fallback, str) and (names is None or fallback in names),
              f"fallback_action {fallback!r} is not a {spec['env']} action")
+
+
+def check_prompts(spec, slots, where):
+    """Raise ValueError naming the first unknown or missing prompt or text, or a placeholder it may not use."""
+    prompts = spec["prompts"]
+    for name, text in prompts.items():
+        base = name if name in PLACEHOLDERS else "plan" if re.fullmatch(r"plan_[a-z0-9_]+", name) else None
+        if base is None:
+            raise ValueError(f"{where}: prompts.{name}: unknown prompt (known: {sorted(PLACEHOLDERS)}, or "
+                             "plan_<name> for a PLAN template a hook can pick)")
+        allowed = PLACEHOLDERS[base] | (set(slots) if base in ("log", "plan") else set())
+        check_template(text, allowed, f"{where}: prompts.{name}")
+    missing = [name for name in PLACEHOLDERS if name not in prompts and name != "system"]
+    if missing:
+        raise ValueError(f"{where}: prompts.{missing[0]} is missing")
+    for name, text in (spec.get("texts") or {}).items():
+        if name not in TEXT_FIELDS:
+            raise ValueError(f"{where}: texts.{name}: unknown text (known: {sorted(TEXT_FIELDS)})")
+        check_template(text, TEXT_FIELDS[name], f"{where}: texts.{name}")
 
 
 def check_template(text, allowed, where):

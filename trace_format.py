@@ -1,7 +1,7 @@
 """
 trace_format.py: the episode trace, the kit's central record, defined once. automem.run_episode writes
-it; metrics, replay, report, eval, meta_loop (loop 1's digest), train_lora (loop 2's candidates) and
-llm's scripted backend read it through read_trace, model_calls and routine_runs.
+it; metrics, replay, report, eval, digest (loop 1's view of the episodes), train_lora (loop 2's candidates)
+and llm's scripted backend read it through read_trace, model_calls and routine_runs.
 
 A trace is JSONL, one record a line, flushed as the episode plays:
   Header  {"type": "episode", "version": 2, ...}   the game, seed, agent, scaffold, system prompt, files
@@ -13,8 +13,9 @@ was sent. A memory step stores its writes (each [op, args]), and a full snapshot
 the writes since the last one add up to its size, so any step's memory rebuilds from little.
 
 Versions: 1 is the format before it carried a version (no "version" key): baseline steps lacked
-hooks and gate, their calls model, ops and results. read_trace fills those in, so every reader
-sees version 2. A trace from a newer kit is refused.
+hooks and gate, their calls model, ops and results, and LOG held an empty gate. read_trace upgrades
+such steps, so every reader sees version 2's fields (the header keeps the file's version). A trace
+from a newer kit is refused.
 
 Usage:
     header, steps, end = trace_format.read_trace("runs/x/traces/crafter/default__00.jsonl")
