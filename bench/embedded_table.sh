@@ -4,15 +4,16 @@
 # v0 vs converged vs converged with --context memory-only, on Crafter (seeds 42-44, 300 steps) and on
 # MiniHack MazeWalk-9x9 + Corridor-R3 (seeds 42-46, 100 steps). About 5,700 agent steps.
 #
-#   LLAMA_SERVER=/path/to/llama-server bash bench/embedded_table.sh runs/table
+#   bash bench/embedded_table.sh runs/table       # GPU_LAYERS=0 on a CPU box
 #   python report.py table runs/table/*
 #
-# Each run talks to its own llama-server (bench/llama_runs.sh), so the grammar sampling of the six runs
-# spreads over six cores instead of queueing in one server loop. Re-running resumes each run.
+# 39 episodes at once, one process each (bench/embedded_runs.sh): wants ~16 cores; a Crafter episode is the
+# longest (300 steps of ~3 calls). Re-running resumes each run (an episode cut short restarts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/table}
-source bench/llama_runs.sh
+mkdir -p "$RUNS"
+source bench/embedded_runs.sh
 CRAFTER=(--env crafter --max-steps 300)
 MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps 100)
 play crafter-v0 3 "${CRAFTER[@]}" --scaffold scaffolds/crafter/v0

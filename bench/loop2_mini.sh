@@ -2,9 +2,9 @@
 # Loop 2 in miniature (issue #15): does training the embedded SmolLM2-135M as the memory specialist on its
 # own traces change what it does with memory? On a GPU box, three stages (each resumable):
 #
-#   LLAMA_SERVER=/path/to/llama-server bash bench/loop2_mini.sh traces runs/loop2  # base agent, training seeds
+#   bash bench/loop2_mini.sh traces runs/loop2   # base agent, training seeds
 #   bash bench/loop2_mini.sh train runs/loop2        # data engine, then LoRA SFT on the GPU (+ adapter.gguf)
-#   LLAMA_SERVER=... bash bench/loop2_mini.sh eval runs/loop2     # two-model runs on the evaluation seeds
+#   bash bench/loop2_mini.sh eval runs/loop2     # two-model runs on the evaluation seeds
 #   python report.py table runs/table/crafter-v5 runs/table/minihack-v4 runs/loop2/eval-*
 #
 # Scaffolds: the converged ones (crafter v5, minihack v4), whose two-model split is the authors'.
@@ -16,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: bash bench/loop2_mini.sh traces|train|eval RUNS-DIR}
 RUNS=${2:-runs/loop2}
-source bench/llama_runs.sh
+mkdir -p "$RUNS"
+source bench/embedded_runs.sh
 CRAFTER=(--env crafter --max-steps 300 --scaffold scaffolds/crafter/v5)
 MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps 100
        --scaffold scaffolds/minihack/v4)
@@ -34,11 +35,12 @@ case $STAGE in
     done
     finish ;;
   eval)
-    MEMORY_LORA=$RUNS/adapters/crafter/adapter.gguf play eval-crafter-v5-2model 3 "${CRAFTER[@]}"
-    MEMORY_LORA=$RUNS/adapters/minihack/adapter.gguf EPISODES=5 play eval-minihack-v4-2model 10 "${MAZES[@]}"
-    MEMORY_LORA=$RUNS/adapters/crafter/adapter.gguf play eval-crafter-v5-2model-nogrammar 3 "${CRAFTER[@]}" --grammar off
-    MEMORY_LORA=$RUNS/adapters/minihack/adapter.gguf EPISODES=5 play eval-minihack-v4-2model-nogrammar 10 "${MAZES[@]}" \
-      --grammar off
+    CRAFTER+=(--memory-adapter "$RUNS/adapters/crafter/adapter.gguf")
+    MAZES+=(--memory-adapter "$RUNS/adapters/minihack/adapter.gguf")
+    play eval-crafter-v5-2model 3 "${CRAFTER[@]}"
+    play eval-crafter-v5-2model-nogrammar 3 "${CRAFTER[@]}" --grammar off
+    EPISODES=5 play eval-minihack-v4-2model 10 "${MAZES[@]}"
+    EPISODES=5 play eval-minihack-v4-2model-nogrammar 10 "${MAZES[@]}" --grammar off
     finish ;;
   *) echo "unknown stage $STAGE: traces, train or eval" >&2; exit 2 ;;
 esac
