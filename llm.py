@@ -289,6 +289,8 @@ def load_hf(model, dtype, load_4bit=False):
     src, kw = str(model), {"dtype": dtype}
     if src.endswith(".gguf"):
         src, kw["gguf_file"] = str(Path(gguf_path(src)).parent), Path(src).name
+        if hasattr(transformers, "GgufConfig"):  # transformers 5 may keep GGUF blocks packed, a model Trainer refuses
+            kw["quantization_config"] = transformers.GgufConfig(dequantize=True)
     if load_4bit:
         kw["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -248,11 +248,11 @@ def test_loss_only_on_the_last_assistant_message(tiny_model, data_file, tmp_path
 @pytest.fixture(scope="module")
 def embedded_hf(tmp_path_factory):
     """The embedded GGUF dequantized once into a transformers folder (the same weights, fast to reload)."""
-    import transformers
-    gguf = Path(llm.DEFAULT_MODEL)
+    import torch
     path = tmp_path_factory.mktemp("smollm2") / "model"
-    transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(path)
-    transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(path)
+    tok, net = llm.load_hf(llm.DEFAULT_MODEL, torch.float32)  # a plain model (transformers 5 can save only that)
+    net.save_pretrained(path)
+    tok.save_pretrained(path)
     return path
 
 
