@@ -369,6 +369,7 @@ class Transformers:
     def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
                  seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, max_batch=1, batch_wait=BATCH_WAIT):
         import torch
+        import transformers
         self.model_id = model = str(model or gguf_path(DEFAULT_MODEL))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = dtype or ("bf16" if self.device == "cuda" else "fp32")
@@ -382,6 +383,12 @@ class Transformers:
         self.tok, self.net = load_hf(model, torch.bfloat16 if self.dtype == "bf16" else torch.float32, load_4bit)
         if not load_4bit:
             self.net.to(self.device)
+        self.eos = self.net.generation_config.eos_token_id or self.tok.eos_token_id
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        # generate fills the fields a config leaves at their defaults from the model's generation config
+        # (Qwen2.5-Instruct's: sampling on, temperature 0.7, top-p 0.8, top-k 20, repetition penalty 1.05):
+        # the model keeps only its end of turn, so greedy is greedy and sampling is RowSampler's alone
+        self.net.generation_config = transformers.GenerationConfig(eos_token_id=self.eos, pad_token_id=self.pad)
         if self.adapters:
             from peft import PeftModel
             (first, path), *rest = self.adapters.items()
@@ -390,8 +397,6 @@ class Transformers:
                 self.net.load_adapter(path, adapter_name=name)
         self.net.eval()
         self.n_ctx = n_ctx or getattr(self.net.config, "max_position_embeddings", N_CTX)
-        self.eos = self.net.generation_config.eos_token_id or self.tok.eos_token_id
-        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.max_batch, self.batch_wait = max_batch, batch_wait
         self.tok_lock = threading.Lock()  # a fast tokenizer may not be called from two threads at once
         self.turn = threading.Condition()  # guards waiting and running

@@ -274,6 +274,22 @@ def test_transformers_batches_one_adapter_at_a_time(tiny_dir):
     assert [r.text for r in replies] == single
 
 
+def test_transformers_sampling_ignores_the_models_generation_defaults(tiny_dir, tmp_path):
+    """A model folder whose generation_config.json turns sampling on with its own settings (as
+    Qwen2.5-Instruct's does) gets the same greedy and seeded replies as without it: only ours apply."""
+    import shutil
+
+    import transformers
+    shutil.copytree(tiny_dir[0], tmp_path / "m", ignore=shutil.ignore_patterns("lora"))
+    config = transformers.GenerationConfig.from_pretrained(tiny_dir[0])  # the same end of turn
+    config.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=3, repetition_penalty=1.5)
+    config.save_pretrained(tmp_path / "m")
+    for temperature in (0, 1.0):
+        plain, odd = (llm.load("transformers", str(p), temperature=temperature, max_tokens=20)
+                      for p in (tiny_dir[0], tmp_path / "m"))
+        assert [odd.chat(ASK, seed=s).text for s in range(3)] == [plain.chat(ASK, seed=s).text for s in range(3)]
+
+
 def test_eval_workers_share_one_batching_transformers_model(tiny_dir, tmp_path, monkeypatch):
     """eval.py --workers 2 on transformers plays the episodes as threads on one model that batches their calls
     (max_batch = workers), not in processes that each load a copy."""
