@@ -21,16 +21,8 @@ sockets, no namespaces, mounts, ptrace, kernel keys, bpf, io_uring), and only th
 untrusted file. A call gets LIMITS["call_seconds"]; past that the worker and everything it started
 are killed, the call raises HookError, and the next call starts a fresh worker.
 
-What travels (JSON lines, both ways): None, bool, numbers, str, lists and dicts, with tuples, sets and
-non-string-keyed dicts tagged so they come back as they went; a dataclass (the hook Context, an op,
-an observation) field by field, rebuilt in the jail as automem's or memory_fs's class when it is one
-(ctx.write works) and as an attribute namespace otherwise; other objects (the game) as their public
-plain-data attributes (ctx.game.actions, .task, .t: a copy, it cannot be stepped); a MemoryFS as a
-copy of its files in the scratch folder. A Context field equal to what the worker already holds is
-not sent again (the observation travels once a step). Memory writes never happen inside the jail:
-each write a hook makes on its copy (ctx.write, ctx.memory.apply/execute) comes back as an op that
-the caller applies to the real memory through memory_fs; plain fields the hook changed on the Context
-come back too (ctx.episode, updated in place). A hook raising, returning what cannot travel, timing
+What travels over the pipe (values, the hook Context field by field, memory copies, and the writes and
+changed fields that come back) is jail_wire.py's. A hook raising, returning what cannot travel, timing
 out or killing its worker raises HookError (a ValueError) naming the hook and its line; JailError
 means the jail itself cannot run on this machine (not the hook's fault).
 """
@@ -38,10 +30,8 @@ import argparse
 import ast
 import dataclasses
 import functools
-import inspect
 import json
 import os
-import pickle
 import platform
 import resource
 import selectors
@@ -54,11 +44,11 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
+import jail_wire
 import memory_fs
 
 ROOT = Path(__file__).resolve().parent
@@ -74,10 +64,6 @@ LIMITS = {
     "reply_bytes": 64 << 20,    # longest reply line the parent reads
 }
 JAIL_UID = 65534  # nobody: what a worker started as root runs as
-TAG_TUPLE, TAG_SET, TAG_DICT, TAG_OBJECT, TAG_MEMORY = "\0tuple", "\0set", "\0dict", "\0object", "\0memory"
-TAG_SAME = "\0same"  # a field of the Context equal to what the worker holds: not sent again
-TAGS = (TAG_TUPLE, TAG_SET, TAG_DICT, TAG_OBJECT, TAG_MEMORY, TAG_SAME)
-PLAIN = (type(None), bool, int, float, str, list, tuple, set, frozenset, dict)
 
 # ----------------------------------------------------------------------------- the static policy (first filter)
 
@@ -140,109 +126,6 @@ class JailError(RuntimeError):
 
 class HookError(ValueError):
     """The jailed code failed: raised, timed out, died, or returned what cannot travel."""
-
-
-# ----------------------------------------------------------------------------- what travels
-
-def encode(value, memories=None, plain=False):
-    """A JSON-ready copy of value (see the module docstring). memories collects MemoryFS objects (sent
-    apart, as their files); plain=True refuses objects (what another object's attributes may hold)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [encode(v, memories, plain) for v in value]
-    if isinstance(value, tuple):
-        return {TAG_TUPLE: [encode(v, memories, plain) for v in value]}
-    if isinstance(value, (set, frozenset)):
-        return {TAG_SET: [encode(v, memories, plain) for v in value]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and not (len(value) == 1 and next(iter(value)) in TAGS):
-            return {k: encode(v, memories, plain) for k, v in value.items()}
-        return {TAG_DICT: [[encode(k, memories, plain), encode(v, memories, plain)] for k, v in value.items()]}
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
-        return encode(value.tolist(), memories, plain)
-    if plain or callable(value) or not hasattr(value, "__dict__"):
-        raise TypeError(f"a {type(value).__name__} cannot pass the jail's pipe (use str, numbers, lists, dicts)")
-    if isinstance(value, memory_fs.MemoryFS) and memories is not None:
-        memories.append(value)
-        return {TAG_MEMORY: len(memories) - 1}
-    kind = f"{type(value).__module__}.{type(value).__qualname__}"
-    if dataclasses.is_dataclass(value):
-        return {TAG_OBJECT: [kind, {f.name: encode(getattr(value, f.name), memories) for f in dataclasses.fields(value)}]}
-    attrs = {}
-    for name, v in vars(value).items():  # any other object (the game): its public plain data, a copy
-        if not name.startswith("_"):
-            try:
-                attrs[name] = encode(v, plain=True)
-            except TypeError:
-                pass
-    return {TAG_OBJECT: [None, attrs]}
-
-
-def decode(value, memories=(), classes=False):
-    """The value encode() described; memories become the given copies, objects attribute namespaces or, with
-    classes=True (in the worker), instances of their dataclass when it is one of automem's or memory_fs's
-    (ctx.write and ctx.memory work as in-process; __init__ does not run)."""
-    def inner(v):
-        return decode(v, memories, classes)
-    if isinstance(value, list):
-        return [inner(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1:
-        tag, body = next(iter(value.items()))
-        if tag == TAG_TUPLE:
-            return tuple(inner(v) for v in body)
-        if tag == TAG_SET:
-            return {inner(v) for v in body}
-        if tag == TAG_DICT:
-            return {inner(k): inner(v) for k, v in body}
-        if tag == TAG_OBJECT:
-            kind, attrs = body
-            return rebuild(kind, {k: inner(v) for k, v in attrs.items()}, classes)
-        if tag == TAG_MEMORY:
-            return memories[body]
-    return {k: inner(v) for k, v in value.items()}
-
-
-def rebuild(kind, fields, classes):
-    """An object from its class name and fields: with classes=True (in the worker) an instance of the
-    automem or memory_fs dataclass of that name (__init__ does not run), else an attribute namespace."""
-    module, _, name = (kind or "").partition(".")
-    cls = getattr(sys.modules.get(module), name, None) if classes and module in ("automem", "memory_fs") else None
-    obj = cls.__new__(cls) if dataclasses.is_dataclass(cls) else types.SimpleNamespace()
-    obj.__dict__.update(fields)
-    return obj
-
-
-def fingerprint(value):
-    """Bytes that change when value changes (a pickle, only ever compared: nothing is unpickled), or None."""
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        return None
-
-
-def encode_fields(obj, index, memories, held):
-    """A dataclass argument (the hook Context) field by field. held maps (argument index, field) to the
-    fingerprint of what the worker holds: an equal field travels as TAG_SAME (the observation once a step,
-    ctx.episode once it changed). The memory and other objects (the game) travel whole every call."""
-    attrs = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, memory_fs.MemoryFS) or not (type(value) in PLAIN or dataclasses.is_dataclass(value)):
-            attrs[f.name] = encode(value, memories)
-            continue
-        mark = fingerprint(value)
-        attrs[f.name] = {TAG_SAME: None} if mark is not None and held.get((index, f.name)) == mark else encode(value, memories)
-        held[(index, f.name)] = mark
-    return {TAG_OBJECT: [f"{type(obj).__module__}.{type(obj).__qualname__}", attrs]}
-
-
-def memory_options(memory):
-    """The keyword options a MemoryFS was made with (caps, limits, switches), to make its copy alike."""
-    params = inspect.signature(memory_fs.MemoryFS).parameters.values()
-    return {p.name: getattr(memory, p.name) for p in params if p.kind == p.KEYWORD_ONLY}
 
 
 # ----------------------------------------------------------------------------- the parent's side
@@ -379,12 +262,12 @@ class JailedHooks(Mapping):
             self._ensure_worker()
             state = self._state
             try:
-                encoded = [encode_fields(a, i, memories, state["held"]) if dataclasses.is_dataclass(a) and
-                           not isinstance(a, type) else encode(a, memories) for i, a in enumerate(args)]
+                encoded = [jail_wire.encode_fields(a, i, memories, state["held"]) if dataclasses.is_dataclass(a) and
+                           not isinstance(a, type) else jail_wire.encode(a, memories) for i, a in enumerate(args)]
             except TypeError as e:
                 state["held"].clear()
                 raise ValueError(f"{name}: {e}") from None
-            copies = [{"files": m.snapshot(), "options": memory_options(m)} for m in memories]
+            copies = [{"files": m.snapshot(), "options": jail_wire.memory_options(m)} for m in memories]
             # a memory travels only when it differs from the worker's copy
             files = [None if copy in state["sent"][i:i + 1] else copy for i, copy in enumerate(copies)]
             state["sent"] = copies
@@ -404,13 +287,13 @@ class JailedHooks(Mapping):
                         raise ValueError(f"not a write op: {op_name}")
                     memories[i].apply(memory_fs.Op(op_name, list(op_args), str(raw), str(alias)))
                 if reply["ops"]:
-                    state["sent"] = [{"files": m.snapshot(), "options": memory_options(m)} for m in memories]
+                    state["sent"] = [{"files": m.snapshot(), "options": jail_wire.memory_options(m)} for m in memories]
                 for i, changed in reply["changed"].items():
                     target = args[int(i)]
                     for attr, new in changed.items():
-                        set_field(target, attr, decode(new))
-                        state["held"][(int(i), attr)] = fingerprint(getattr(target, attr))
-                return decode(reply["value"])
+                        jail_wire.set_field(target, attr, jail_wire.decode(new))
+                        state["held"][(int(i), attr)] = jail_wire.fingerprint(getattr(target, attr))
+                return jail_wire.decode(reply["value"])
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
                 kill_worker(state)  # the worker no longer holds what the parent has: start afresh
                 raise HookError(f"{name}: the jail's reply could not be applied: {type(e).__name__}: {e}") from None
@@ -513,18 +396,6 @@ class JailedHooks(Mapping):
         code = proc.returncode
         kill_worker(state)
         return f"the jailed worker ended (exit status {code})" + (f": {tail[-1][:300]}" if tail else "")
-
-
-def set_field(target, attr, value):
-    """Set a plain field a hook changed, in place for a dict or list (callers may hold it)."""
-    old = getattr(target, attr, None)
-    if isinstance(old, dict) and isinstance(value, dict):
-        old.clear()
-        old.update(value)
-    elif isinstance(old, list) and isinstance(value, list):
-        old[:] = value
-    else:
-        setattr(target, attr, value)
 
 
 @functools.cache
@@ -638,7 +509,7 @@ def serve(module_path, limits, extra_paths):
     seccomp = install_seccomp()
     sys.path[:0] = ["/jail/code"] + extra_paths
     import importlib.util
-    import automem  # noqa: F401  (its dataclasses rebuild ctx: decode(classes=True))
+    import automem  # noqa: F401  (its dataclasses rebuild ctx: jail_wire.decode(classes=True))
     send({"jailed": True, "uid": os.getuid(), "seccomp": seccomp})
     spec = importlib.util.spec_from_file_location("hooks", module_path)
     module = importlib.util.module_from_spec(spec)
@@ -657,43 +528,18 @@ def serve(module_path, limits, extra_paths):
                 copies[i:i + 1] = [copy]
             copies[i].ops = ops
         try:
-            args = [decode_argument(i, a, copies, held) for i, a in enumerate(request["args"])]
+            args = [jail_wire.decode_argument(i, a, copies, held) for i, a in enumerate(request["args"])]
             fn = getattr(module, name, None)
             if not callable(fn):
                 raise AttributeError(f"{Path(module_path).name} defines no function {name}")
-            value = encode(fn(*args))
-            changed = {i: changed_fields(i, arg, held) for i, (arg, sent) in enumerate(zip(args, request["args"]))
-                       if isinstance(sent, dict) and TAG_OBJECT in sent}
+            value = jail_wire.encode(fn(*args))
+            changed = {i: jail_wire.changed_fields(i, arg, held)
+                       for i, (arg, sent) in enumerate(zip(args, request["args"]))
+                       if isinstance(sent, dict) and jail_wire.TAG_OBJECT in sent}
             send({"value": value, "ops": ops, "changed": {i: fields for i, fields in changed.items() if fields}})
         except BaseException as e:  # whatever a hook raises, SystemExit included, is its failure
             held.clear()
             send({"error": f"{name} raised {type(e).__name__}: {str(e)[:300]}{where(e, module_path)}"})
-
-
-def changed_fields(index, obj, held):
-    """The plain fields of a Context argument that the hook changed (they go back to the caller)."""
-    fields = {}
-    for attr, value in vars(obj).items():
-        mark = fingerprint(value) if type(value) in PLAIN else None
-        if mark is not None and mark != held.get((index, attr), (None, None))[1]:
-            fields[attr] = encode(value, plain=True)
-            held[(index, attr)] = (value, mark)
-    return fields
-
-
-def decode_argument(index, value, copies, held):
-    """An argument in the worker: the Context rebuilt field by field (TAG_SAME: the value held since the
-    last call, as the hook left it), anything else decoded."""
-    if not (isinstance(value, dict) and len(value) == 1 and TAG_OBJECT in value):
-        return decode(value, copies, classes=True)
-    kind, attrs = value[TAG_OBJECT]
-    fields = {}
-    for attr, v in attrs.items():
-        if v != {TAG_SAME: None}:
-            new = decode(v, copies, classes=True)
-            held[(index, attr)] = (new, fingerprint(new) if type(new) in PLAIN else None)
-        fields[attr] = held[(index, attr)][0]
-    return rebuild(kind, fields, classes=True)
 
 
 def main():

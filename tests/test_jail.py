@@ -20,6 +20,7 @@ import automem
 import envs
 import eval as evaluation
 import jail
+import jail_wire
 import llm
 import memory_fs
 import meta_loop
@@ -378,9 +379,9 @@ def test_untrusted_scaffolds_never_import_hooks_in_process(tmp_path):
 def test_values_travel_as_they_went():
     value = {"t": (1, (2, "x")), "s": {3, 4}, "d": {(5, 6): [7.5, None, True]}, "\0tuple": "a key like a tag",
              "n": [], "u": "ünïcode\n"}
-    assert jail.decode(json.loads(json.dumps(jail.encode(value)))) == value
+    assert jail_wire.decode(json.loads(json.dumps(jail_wire.encode(value)))) == value
     with pytest.raises(TypeError, match="cannot pass the jail"):
-        jail.encode(lambda: 1)
+        jail_wire.encode(lambda: 1)
 
 
 def test_a_call_returns_what_the_hook_returns_and_applies_its_writes(tmp_path):
