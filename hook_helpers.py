@@ -3,14 +3,11 @@ hook_helpers.py: what the shipped scaffolds' hooks.py share, and what a hook wri
 may import (jail.ALLOWED_IMPORTS): the authors' v0 helpers, re-expressed: their MAP ANALYSIS of a
 MiniHack/NetHack text map and their repair of two-step commands. No model, no env, no memory.
 
-Usage (in a scaffold's hooks.py):
-    from hook_helpers import nle_map_analysis, repair_two_step
-
-    def observe(ctx):
-        return nle_map_analysis(ctx.obs.text)
-
-    def repair_action(ctx, action):
-        return repair_two_step(action)
+Usage (in a scaffold's hooks.py; scaffolds/minihack/v0 and v4 use them so):
+    text = nle_map_analysis(ctx.obs.text)                       # v0's MAP ANALYSIS, "" without a map
+    facts = read_nle_map(ctx.obs.text)                          # the 8 tiles around '@', far stairs and doors
+    text = map_analysis_text(facts, kind=my_tile_kind, doors_on_map=4)   # the same text, classified your way
+    action = repair_two_step("eat d")                           # -> "eat" (the game asks for the item next)
 """
 
 NEIGHBOURS = {"north": (-1, 0), "south": (1, 0), "east": (0, 1), "west": (0, -1),  # (row, column) steps, their order

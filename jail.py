@@ -79,13 +79,18 @@ BANNED_ATTRS = {"os", "sys", "subprocess", "shutil", "socket", "importlib", "bui
 GAME_CALLS = {"step", "reset", "close"}
 
 
+def parse(text, name):
+    """The syntax tree of Python source, or ValueError naming the line of its syntax error."""
+    try:
+        return ast.parse(text)
+    except SyntaxError as e:
+        raise ValueError(f"{name} line {e.lineno}: syntax error: {e.msg}") from None
+
+
 def check_source(text, name="hooks.py"):
     """The static hook policy: ValueError with the line of the first breach. A filter that gives a clear
     reason early, not a guard: whatever passes it still runs only in the jail."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as e:
-        raise ValueError(f"{name} line {e.lineno}: syntax error: {e.msg}") from None
+    tree = parse(text, name)
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -132,12 +137,8 @@ class HookError(ValueError):
 
 def defined_names(text, path):
     """Top-level names Python source defines (functions, assignments, imports), read without running it."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as e:
-        raise ValueError(f"{path} line {e.lineno}: syntax error: {e.msg}") from None
     names = set()
-    for node in tree.body:
+    for node in parse(text, path).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
