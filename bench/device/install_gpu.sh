@@ -7,9 +7,11 @@
 #
 # Usage, at the repo root on the device:
 #   bash bench/device/install_gpu.sh stash PART     # one carried part (.gpu/gpu_install/pK) into the wheelhouse
-#   bash bench/device/install_gpu.sh install PART   # the last part, then install.sh --gpu --wheels (CUDA_ARCH=90)
+#   bash bench/device/install_gpu.sh install [PART] # (the last part, then) install.sh --gpu --wheels, CUDA_ARCH=90
 #   bash bench/device/install_gpu.sh check          # the checks, then tests/test_install.py and tests/test_llm.py
-# An install cut off by the call's time limit resumes where it stopped when run again (the CMake build folder stays).
+# If install runs out of time while it compiles llama.cpp (pip compiles in a fresh folder each time, so a rerun starts
+# over), `build` compiles the same sdist with install.sh's CUDA flags in a folder that stays: run it until it exits 0
+# (each run goes on where the last stopped), then install finds that wheel and has nothing left to compile.
 #
 # The parts, made with PyPI at hand: `pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation
 # cp --platform manylinux_2_28_x86_64 (and the older manylinux tags)` of the closure that install.sh --gpu resolves for
@@ -30,15 +32,30 @@ stash() {
   echo "$1: $(ls "$1" | wc -l) files; wheelhouse now $(du -sm "$WHEELS" | cut -f1) MB in $(ls "$WHEELS" | wc -l) files"
 }
 
+join_split_files() {
+  for first in "$WHEELS"/*.split-00; do
+    [ -e "$first" ] || continue
+    cat "${first%.split-00}".split-* > "${first%.split-00}" && rm "${first%.split-00}".split-*
+  done
+}
+
 case "${1:-}" in
   stash) stash "${2:-}" ;;
+  build)
+    join_split_files
+    mkdir -p .whl/llama_cpp_src
+    [ -d .whl/llama_cpp_src/llama_cpp_python-0.3.36 ] || tar xzf "$WHEELS"/llama_cpp_python-0.3.36.tar.gz -C .whl/llama_cpp_src
+    python3 -m pip install -q --no-index --find-links "$WHEELS" "scikit-build-core>=0.9.2"
+    export PATH="$PATH:/usr/local/cuda/bin" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" SKBUILD_BUILD_DIR="$PWD/.whl/llama_cpp_build"
+    export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}"  # what install.sh --gpu sets
+    timeout "${BUILD_SECONDS:-560}" python3 -m pip wheel -q --no-deps --no-index --no-build-isolation -w "$WHEELS" \
+      .whl/llama_cpp_src/llama_cpp_python-0.3.36 2>&1 | tail -20
+    ;;
   install)
-    stash "${2:-}"
-    for first in "$WHEELS"/*.split-00; do
-      [ -e "$first" ] || continue
-      cat "${first%.split-00}".split-* > "${first%.split-00}" && rm "${first%.split-00}".split-*
-    done
-    export CUDA_ARCH="${CUDA_ARCH:-90}" SKBUILD_BUILD_DIR="$PWD/.whl/llama_cpp_build"  # kept: a rerun resumes the build
+    if [ -n "${2:-}" ]; then stash "$2"; fi
+    join_split_files
+    export CUDA_ARCH="${CUDA_ARCH:-90}"
     mkdir -p .whl/no_network  # install.sh's apt-get for bubblewrap would only wait on a network that is not there
     printf '#!/bin/sh\necho "apt-get: no network on this box" >&2; exit 1\n' > .whl/no_network/apt-get
     chmod +x .whl/no_network/apt-get
@@ -52,7 +69,7 @@ case "${1:-}" in
     python3 -c "import json, sys; json.dump({'install_rc': int(sys.argv[1]), 'install_seconds': int(sys.argv[2]),
                 'timed_out': sys.argv[1] == '124'}, open(sys.argv[3] + '/install.json', 'w'), indent=1)" \
       "$rc" "$((SECONDS - start))" "$OUT"
-    echo "install.sh --gpu --wheels: exit $rc after $((SECONDS - start)) s$([ "$rc" = 124 ] && echo ': run the same command again')"
+    echo "install.sh --gpu --wheels: exit $rc after $((SECONDS - start)) s$([ "$rc" = 124 ] && echo ': build, then install')"
     exit "$rc"
     ;;
   check)
@@ -123,5 +140,5 @@ EOF
       > "$OUT/tests.log" 2>&1 || true
     tail -15 "$OUT/tests.log"
     ;;
-  *) echo "install_gpu.sh: say stash PART, install PART or check" >&2; exit 2 ;;
+  *) echo "install_gpu.sh: say stash PART, install [PART], build or check" >&2; exit 2 ;;
 esac
