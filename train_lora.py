@@ -445,10 +445,11 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
         raise ValueError("--qlora on needs a CUDA GPU: pass --qlora off (fp32 LoRA on CPU)")
     world = int(os.environ.get("WORLD_SIZE", 1))  # processes started by accelerate launch / torchrun
     several = bool(deepspeed) or world > 1
-    if several and (qlora == "on" or not cuda):
-        raise ValueError("several GPUs (accelerate launch, --zero3, --deepspeed) train bf16 LoRA on CUDA: drop --qlora on")
-    if deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ValueError("--zero3/--deepspeed need DeepSpeed: pip install deepspeed")
+    if several and qlora == "on":
+        raise ValueError("QLoRA trains on one GPU; several processes (accelerate launch, --zero3, --deepspeed) train "
+                         "bf16 LoRA: drop --qlora on")
+    if deepspeed and not (cuda and importlib.util.find_spec("deepspeed")):
+        raise ValueError("--zero3/--deepspeed need CUDA GPUs and DeepSpeed (pip install deepspeed)")
     use_4bit = qlora == "on" or (qlora == "auto" and cuda and not several and not model.endswith(".gguf"))
     data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     settings = {**cfg, "env": env, "model": model, "max_steps": max_steps, "qlora": use_4bit, "seed": seed}

@@ -3,6 +3,8 @@ agent trace, LoRA SFT on the embedded model (CPU), GGUF LoRA for llama.cpp, resu
 training engine with a scripted meta-LLM."""
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +335,22 @@ def test_sft_resumes_from_a_checkpoint(tiny_model, data_file, tmp_path):
     with pytest.raises(ValueError, match="different training run"):
         train_lora.train(data_file, second, tiny_model, **{**kw, "overrides": {**kw["overrides"], "rank": 8}})
 
+
+def test_sft_in_two_processes_keeps_the_batch(tiny_model, data_file, tmp_path):
+    """Two CPU processes under torchrun, as accelerate launch starts them on two GPUs: each takes micro_batch rows
+    and accumulates half as many, so an optimizer step still sees `batch` rows; process 0 alone writes."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "train_lora.py"),
+                           "sft", "--data", str(data_file), "--model", str(tiny_model), "--out", str(out), "--rank", "4",
+                           "--alpha", "8", "--batch", "4", "--micro-batch", "1", "--max-steps", "2", "--save-steps", "2",
+                           "--eval-examples", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text())
+    assert card["processes"] == 2 and card["steps"] == 2 and proc.stdout.count("sft: ") == 1
+    state = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())
+    assert state["epoch"] == pytest.approx(2 * 4 / card["examples"])  # 2 steps of 4 rows each
+    with pytest.raises(ValueError, match="different training run"):  # one process is another run
+        train_lora.train(data_file, out, tiny_model, overrides={"rank": 4, "alpha": 8, "batch": 4}, max_steps=2)
 
 def test_config_validation():
     assert train_lora.lora_config("minihack", {})["targets"] == "all-linear"
