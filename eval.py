@@ -17,21 +17,17 @@ Everything lands in runs/<run-name>/: config.json (all that reproduces the run),
 same command resumes: finished episodes are kept, an interrupted one restarts.
 """
 import argparse
-import fcntl
 import hashlib
 import importlib.util
 import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from importlib import metadata
 from pathlib import Path
 
 from tqdm import tqdm
@@ -43,6 +39,7 @@ import jail
 import llm
 import metrics
 import replay
+import run_folder
 import scaffold_spec
 import trace_format
 
@@ -50,8 +47,6 @@ ROOT = Path(__file__).resolve().parent
 QUICK = {"episodes": 1, "max_steps": 5, "log_turns": 2, "plan_turns": 2, "max_tokens": 64}
 SERVER_BACKENDS = {"openai", "transformers"}  # these batch parallel calls (on the server; llm.Transformers in
 # process, one model for all): parallel episodes run as threads
-PACKAGES = ("balrog-nle", "gym", "minihack", "crafter", "llama_cpp_python", "transformers", "peft",
-            "torch", "openai", "numpy")
 MIN_N_CTX = 512  # below it nothing useful fits: a v0 step's first prompt alone is 1,300-2,200 SmolLM2 tokens
 
 
@@ -260,21 +255,6 @@ def gguf_adapter(path):
     return str(path)
 
 
-def trace_path(run_dir, job):
-    return Path(run_dir) / "traces" / job["env"] / f"{job['task']}__{job['episode']:02d}.jsonl"
-
-
-def confined(run_dir, path):
-    """path, checked to have no symbolic link at any level below run_dir: nothing is deleted or written through one."""
-    for level in [path, *Path(path).parents]:
-        if level == Path(run_dir):
-            return path
-        if level.is_symlink():
-            raise ValueError(f"{level} is a symbolic link (to {os.readlink(level)}): eval.py writes only inside "
-                             f"the run folder; remove the link")
-    raise ValueError(f"{path} is outside the run folder {run_dir}")
-
-
 def failed_hook(error, hooks_path):
     """'<hook> (hooks.py line L)' when error came out of the scaffold's hooks.py (in this process), else None."""
     inside = [(frame.f_code.co_name, line) for frame, line in traceback.walk_tb(error.__traceback__)
@@ -286,8 +266,8 @@ def run_job(config, run_dir, job):
     """One episode in this worker; returns (job, end record). A failing scaffold hook is a jail.HookError naming
     it, whether the hook ran in this process or in the jail: the scaffold's fault, which meta_loop rejects."""
     name = f"{job['task']}__{job['episode']:02d}"
-    memory_dir = confined(run_dir, Path(run_dir) / "memory" / job["env"] / name)  # Agent.reset deletes it
-    part = confined(run_dir, trace_path(run_dir, job).with_suffix(".part"))  # run_episode writes it
+    memory_dir = run_folder.confined(run_dir, Path(run_dir) / "memory" / job["env"] / name)  # Agent.reset deletes it
+    part = run_folder.confined(run_dir, run_folder.trace_path(run_dir, job).with_suffix(".part"))  # run_episode writes it
     base, memory_llm, memory_adapter = load_models(config)
     scaffold = scaffold_spec.load_scaffold(ROOT / config["scaffolds"][job["env"]]["path"], jailed=config["untrusted_hooks"])
     scaffold["limits"].update(config["limits"])
@@ -301,7 +281,7 @@ def run_job(config, run_dir, job):
     steps = tqdm(total=game.max_steps, unit="step", desc=f"{job['env']} {job['task'].removeprefix('MiniHack-')} "
                  f"#{job['episode']:02d}", position=getattr(SLOT, "line", 1), leave=False, dynamic_ncols=True)
     try:
-        end = automem.run_episode(agent, game, job["seed"], trace_path(run_dir, job),
+        end = automem.run_episode(agent, game, job["seed"], run_folder.trace_path(run_dir, job),
                                   header={"episode": job["episode"], "run": config["run_name"]}, progress=steps.update)
     except (Exception, SystemExit) as e:  # SystemExit: a hook's sys.exit(0) must not end the run as a success
         hook = failed_hook(e, Path(scaffold["path"]) / "hooks.py")
@@ -325,22 +305,12 @@ def hash_seed(base, job):
     return int(hashlib.sha256(key).hexdigest()[:8], 16)
 
 
-def package_versions():
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def summarize(config, run_dir):
     """Read every finished trace of the run; write results.json, results.md and BALROG's summary.json; return
     (results, markdown)."""
     by_env = {}
     for job in config["jobs"]:
-        path = trace_path(run_dir, job)
+        path = run_folder.trace_path(run_dir, job)
         if path.is_file():
             by_env.setdefault(job["env"], []).append(trace_format.read_trace(path))
     results = {"run": config["run_name"], "agent": config["agent"], "model": config["backend"]["model"], "envs": {}}
@@ -415,89 +385,6 @@ def results_markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def prepare_run_dir(config, runs_dir):
-    """Create and lock runs/<name>/, or lock it and check that it holds the same run (then resume); return
-    (run folder, lock). Nothing in the folder is read or changed before the lock is held."""
-    runs_dir = Path(runs_dir).resolve()
-    run_dir = (runs_dir / config["run_name"]).resolve()
-    if runs_dir not in run_dir.parents:
-        raise ValueError(f"--run-name {config['run_name']!r} leads outside --runs-dir {runs_dir}: pass a folder name")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_run_dir(run_dir)
-        try:
-            check_run_dir(config, run_dir)
-        except BaseException:
-            os.close(lock)
-            raise
-    except OSError as e:  # a path in the way (a file where a folder goes), no permission, a full disk
-        raise ValueError(f"cannot use {e.filename or run_dir}: {e.strerror}; pass another --run-name or "
-                         f"--runs-dir, or move that path away") from None
-    return run_dir, lock
-
-
-def lock_run_dir(run_dir):
-    """Take runs/<name>/.lock: one eval.py per run folder. Taken exclusive (no other run holds it), then held
-    shared with this run's worker processes (join_lock) until the last of them exits; returns its descriptor."""
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                     f"({' '.join(sys.argv)})".encode())
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = " ".join(os.pread(fd, 4096, 0).decode(errors="replace").split()) or "another eval.py"
-        os.close(fd)
-        raise ValueError(f"{run_dir} is in use by {holder}: wait for it to end, or pass another --run-name") from None
-    return fd
-
-
-def join_lock(path):
-    """Process worker: share the run's lock, so that it stays taken while this worker runs, even if its parent dies."""
-    WORKER["lock"] = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    fcntl.flock(WORKER["lock"], fcntl.LOCK_SH | fcntl.LOCK_NB)
-
-
-def check_run_dir(config, run_dir):
-    """Under the lock: the same run or a new one, with no symbolic link in it; set damaged finished traces aside
-    (their episodes run again), remove the half-done ones of a killed run (they restart), write config.json."""
-    for folder, dirs, files in os.walk(run_dir):  # a planted link would be written (or deleted) through
-        for name in dirs + files:
-            confined(run_dir, Path(folder) / name)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        try:
-            old = json.loads(config_path.read_text())
-        except ValueError:
-            old = None
-        if not isinstance(old, dict):
-            raise ValueError(f"{config_path} is not an eval.py config (a JSON object); pass another --run-name "
-                             f"or move that folder away")
-        same = {k: old.get(k) for k in config if k not in ("workers", "command", "packages", "started")}
-        if same != {k: v for k, v in config.items() if k in same}:
-            raise ValueError(f"{run_dir} holds a different run (its config.json differs); "
-                             f"pass another --run-name or delete that folder")
-    for job in config["jobs"]:
-        path = trace_path(run_dir, job)
-        if path.exists() and not path.is_file():
-            raise ValueError(f"{path} is in the way of a trace (not a file); move it away")
-        damage = path.is_file() and trace_format.damage(path, job)
-        if damage:
-            aside = path.with_name(path.name + ".damaged")
-            path.replace(aside)
-            print(f"warning: {path} is damaged ({damage}): kept as {aside.name}; the episode runs again", file=sys.stderr)
-    for stale in run_dir.glob("traces/*/*.part"):  # episodes a killed run left half-done restart from scratch
-        stale.unlink()
-    for env in {j["env"] for j in config["jobs"]}:
-        for folder in (run_dir / "traces" / env, run_dir / "memory" / env):
-            folder.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.json.tmp"  # written whole or not at all: a killed run never leaves half a config
-    tmp.write_text(json.dumps({**config, "command": sys.argv, "packages": package_versions(),
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-    tmp.replace(config_path)
-
-
 def outcomes(config, run_dir, todo, server):
     """Run the episodes here or in workers (threads for a server or transformers, else processes); yield (job, its
     end record or the error that stopped it) as each finishes. Closing the generator cancels the queued ones."""
@@ -555,8 +442,8 @@ def cluster_results(ray, config, run_dir, todo):
             job = running.pop(ref)
             end, name, text = ray.get(ref)
             if text is not None:
-                path = trace_path(run_dir, job).with_name(name)
-                confined(run_dir, path.with_suffix(".tmp")).write_text(text)
+                path = run_folder.trace_path(run_dir, job).with_name(name)
+                run_folder.confined(run_dir, path.with_suffix(".tmp")).write_text(text)
                 path.with_suffix(".tmp").replace(path)  # whole or not at all
             yield job, end
     finally:
@@ -572,7 +459,7 @@ def cluster_episode(config, job):
         for folder in ("traces", "memory"):
             (Path(scratch) / folder / job["env"]).mkdir(parents=True)
         end = attempt(run_job, config, Path(scratch), job)
-        trace = trace_path(scratch, job)
+        trace = run_folder.trace_path(scratch, job)
         trace = trace if trace.is_file() else trace.with_suffix(".part")
         return end, trace.name, trace.read_text() if trace.is_file() else None
 
@@ -589,7 +476,7 @@ def take_slot(slots):
 
 def process_worker(lock_path, slots, bars_lock):
     """Process pool initializer: share the run's lock, draw bars under the parent's lock, take a line."""
-    join_lock(lock_path)
+    WORKER["lock"] = run_folder.join_lock(lock_path)
     tqdm.set_lock(bars_lock)
     take_slot(slots)
 
@@ -606,7 +493,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = make_config(args)
-        run_dir, lock = prepare_run_dir(config, args.runs_dir)
+        run_dir, lock = run_folder.prepare_run_dir(config, args.runs_dir)
     except (ValueError, FileNotFoundError) as e:
         cli.fail(e)
     try:
@@ -617,7 +504,7 @@ def main(argv=None):
 
 def run(args, config, run_dir):
     """Run the episodes not done yet in the locked run folder, then write and print the results."""
-    todo = [j for j in config["jobs"] if not trace_path(run_dir, j).is_file()]
+    todo = [j for j in config["jobs"] if not run_folder.trace_path(run_dir, j).is_file()]
     print(f"run {run_dir}: {len(config['jobs'])} episodes, {len(config['jobs']) - len(todo)} already done")
     if config["grammar_auto"]:
         print("note: --grammar on, as the embedded 135M model cannot write the op syntax unaided "
@@ -661,7 +548,7 @@ def run(args, config, run_dir):
     if config["agent"] == "memory" and unconstrained and llm.BACKENDS[config["backend"]["backend"]].GRAMMAR:
         print(f"note: {', '.join(unconstrained)}: PLAN rarely committed an action (fallback rate above 0.5); "
               f"a model too small for the op syntax follows it with --grammar on")
-    first = next((p for p in (trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
+    first = next((p for p in (run_folder.trace_path(run_dir, j) for j in config["jobs"]) if p.is_file()), None)
     if first and not args.no_replay:  # see what the agent did: python replay.py <trace> for any other episode
         print(f"replay of {first.relative_to(run_dir)}: {replay.write_replay(first, run_dir / 'replay.html', frames=True)}")
     if failed:

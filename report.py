@@ -29,8 +29,8 @@ import matplotlib
 import numpy as np
 
 import cli
-import eval as evaluation
 import metrics
+import run_folder
 import trace_format
 from envs import ENVS
 
@@ -156,7 +156,7 @@ def pooled(parts, env):
     tasks = {}
     for e in episodes:
         tasks.setdefault(e["task"], []).append(e["progression"])
-    paths = [evaluation.trace_path(run["dir"], job) for run in parts for job in run["config"]["jobs"] if job["env"] == env]
+    paths = [run_folder.trace_path(run["dir"], job) for run in parts for job in run["config"]["jobs"] if job["env"] == env]
     cell = {**metrics.progression_stats([e["progression"] for e in episodes]),
             "expected": sum(run["results"]["envs"][env]["expected_episodes"] for run in parts)}
     return (cell, {t: metrics.progression_stats(v) for t, v in tasks.items()},

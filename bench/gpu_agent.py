@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import trace_format  # noqa: E402
 import eval as evaluation  # noqa: E402
 import qlora_gpu  # noqa: E402
+import run_folder  # noqa: E402
+import trace_format  # noqa: E402
 import train_lora  # noqa: E402
 
 QWEN25_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -63,7 +64,7 @@ def main():
         result["eval_seconds"] = round(time.time() - t0, 1)
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
         job = {"env": "crafter", "task": "default", "episode": 0}
-        header, steps, end = trace_format.read_trace(evaluation.trace_path(tmp / "runs" / "gpu", job))
+        header, steps, end = trace_format.read_trace(run_folder.trace_path(tmp / "runs" / "gpu", job))
         calls = [t for s in steps for _, t, _ in trace_format.model_calls(header, s)]
         result.update({
             "steps": len(steps), "calls": len(calls), "models": sorted({t["model"] for t in calls}),

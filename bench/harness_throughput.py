@@ -91,6 +91,7 @@ def run(url, env, workers, steps, folder):
     """One eval.py run, one episode per worker thread; returns (env steps, LLM calls, steady calls/s, seconds)."""
     import eval as evaluation
     import metrics
+    import run_folder
     import trace_format
     seeds = Path(folder) / "seeds.txt"
     seeds.write_text(f"{env}: {' '.join(map(str, range(workers)))}\n")
@@ -98,7 +99,7 @@ def run(url, env, workers, steps, folder):
                                   "--model", "stub", "--workers", str(workers), "--max-steps", str(steps),
                                   "--seeds", str(seeds), "--runs-dir", str(folder), "--run-name", f"n{workers}"])
     config = evaluation.make_config(args)
-    run_dir, lock = evaluation.prepare_run_dir(config, folder)
+    run_dir, lock = run_folder.prepare_run_dir(config, folder)
     evaluation.load_models(config)
     t0, start = time.perf_counter(), time.time()
     ends = [end for _, end in evaluation.outcomes(config, run_dir, config["jobs"], server=True)]
@@ -107,7 +108,7 @@ def run(url, env, workers, steps, folder):
     failed = [e for e in ends if isinstance(e, Exception)]
     if failed:
         raise SystemExit(f"error: {len(failed)} episode(s) failed: {failed[0]}")
-    traces = [trace_format.read_trace(evaluation.trace_path(run_dir, j)) for j in config["jobs"]]
+    traces = [trace_format.read_trace(run_folder.trace_path(run_dir, j)) for j in config["jobs"]]
     calls = sum(1 for _, trace_steps, _ in traces for _ in metrics.calls(trace_steps))
     times = sorted(t for t in json.load(urllib.request.urlopen(url + "/stats"))["times"] if t >= start)
     middle = times[len(times) // 4:3 * len(times) // 4]

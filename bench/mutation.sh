@@ -22,6 +22,7 @@ AREAS=(  # "file|pytest arguments" (in a -k expression, _or_ stands for " or ")
     "metrics.py|tests/test_report.py -k rate_or_per_step_or_per_search_or_metric_or_table_numbers_or_unproductive_or_stats_or_aliased"
     "envs.py|tests/test_envs.py"
     "eval.py|tests/test_eval.py tests/test_reliability.py -k seed_or_resume_skips_or_bad_input_or_changed_config_or_damage_or_half_done"
+    "run_folder.py|tests/test_eval.py tests/test_reliability.py -k seed_or_resume_skips_or_changed_config_or_damage_or_half_done"
     "trace_format.py|tests/test_eval.py tests/test_reliability.py -k damage"
     "meta_loop.py|tests/test_meta_loop.py -k loop_accepts_or_margin"
     "replay.py|tests/test_replay.py -k escapes_or_planted"

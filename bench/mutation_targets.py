@@ -30,11 +30,12 @@ TARGETS = {
     **{f"envs.x_{fn}": None for fn in ("crafter_progression", "_crafter_score", "nethack_progression",
                                         "_nethack_score", "minihack_success", "_minihack_score")},
     "envs.xǁGameǁstep": None,
-    # eval.py and trace_format.py: which seed each episode plays, where its trace goes, what a resumed run keeps or
-    # redoes (a damaged trace)
-    **{f"eval.x_{fn}": None for fn in ("read_seeds", "trace_path", "hash_seed")},
+    # eval.py, run_folder.py and trace_format.py: which seed each episode plays, where its trace goes, what a
+    # resumed run keeps or redoes (a damaged trace)
+    **{f"eval.x_{fn}": None for fn in ("read_seeds", "hash_seed")},
+    "run_folder.x_trace_path": None,
     "trace_format.x_damage": None,
-    "eval.x_check_run_dir": r"trace|damage|stale|\.part",
+    "run_folder.x_check_run_dir": r"trace|damage|stale|\.part",
     "eval.x_make_config": r"seeds|jobs",
     "eval.x_run": r"\btodo = ",
     # meta_loop.py: the acceptance rule

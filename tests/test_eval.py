@@ -9,6 +9,7 @@ import pytest
 import envs
 import eval as evaluation
 import llm
+import run_folder
 import trace_format
 
 VALID = {"crafter": "Move West", "minihack": "north", "nethack": "search"}
@@ -119,11 +120,11 @@ def test_a_resumed_run_folder_restarts_half_done_episodes(tmp_path):
     """What eval.py does to a run folder before running: the .part traces of a killed run go, and each env's
     traces/ and memory/ folders exist."""
     config = evaluation.make_config(evaluation.parse_args(["--max-steps", "3"]))
-    evaluation.check_run_dir(config, tmp_path)
+    run_folder.check_run_dir(config, tmp_path)
     assert (tmp_path / "traces" / "crafter").is_dir() and (tmp_path / "memory" / "crafter").is_dir()
     part = tmp_path / "traces" / "crafter" / "default__01.part"
     part.write_text('{"type": "episode"}\n')
-    evaluation.check_run_dir(config, tmp_path)
+    run_folder.check_run_dir(config, tmp_path)
     assert not part.exists()
 
 

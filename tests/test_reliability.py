@@ -15,6 +15,7 @@ import pytest
 import eval as evaluation
 import jail
 import llm
+import run_folder
 import trace_format
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def scripted_run(runs_dir, *extra, episodes=2):
 
 def test_second_run_on_a_locked_folder_says_who_holds_it(tmp_path, capsys):
     run_dir = scripted_run(tmp_path)
-    lock = evaluation.lock_run_dir(run_dir)  # as a first eval.py holds it, mid-run
+    lock = run_folder.lock_run_dir(run_dir)  # as a first eval.py holds it, mid-run
     part = run_dir / "traces" / "crafter" / "default__01.part"
     part.write_text("its episode in progress")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
@@ -119,17 +120,17 @@ def test_second_run_on_a_locked_folder_says_who_holds_it(tmp_path, capsys):
 
 def test_lock_lasts_while_a_worker_process_lives(tmp_path):
     """The run's process workers share the lock: a parent killed mid-run leaves it taken until they exit."""
-    lock = evaluation.lock_run_dir(tmp_path)
-    worker = subprocess.Popen([sys.executable, "-c", "import sys, eval; eval.join_lock(sys.argv[1]); print('in', flush=True); "
+    lock = run_folder.lock_run_dir(tmp_path)
+    worker = subprocess.Popen([sys.executable, "-c", "import sys, run_folder; run_folder.join_lock(sys.argv[1]); print('in', flush=True); "
                                "sys.stdin.read()", str(tmp_path / ".lock")], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert worker.stdout.readline() == "in\n"
     os.close(lock)  # the parent is gone
     with pytest.raises(ValueError, match="is in use by pid"):
-        evaluation.lock_run_dir(tmp_path)
+        run_folder.lock_run_dir(tmp_path)
     worker.stdin.close()
     worker.wait()
-    os.close(evaluation.lock_run_dir(tmp_path))  # the last worker exited: free
+    os.close(run_folder.lock_run_dir(tmp_path))  # the last worker exited: free
 
 
 DAMAGE = {  # how a finished trace gets damaged: a cut, junk appended, the end record lost, the header garbled
@@ -178,12 +179,12 @@ def test_link_planted_during_the_run_is_not_followed(tmp_path, capsys, monkeypat
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("mine")
-    prepare = evaluation.check_run_dir
+    prepare = run_folder.check_run_dir
 
     def plant_after_the_check(config, run_dir):
         prepare(config, run_dir)
         (run_dir / "memory" / "crafter" / "default__01").symlink_to(outside)
-    monkeypatch.setattr(evaluation, "check_run_dir", plant_after_the_check)
+    monkeypatch.setattr(run_folder, "check_run_dir", plant_after_the_check)
     with pytest.raises(SystemExit) as e:
         scripted_run(tmp_path / "runs")
     err = capsys.readouterr().err

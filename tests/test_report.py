@@ -18,6 +18,7 @@ import eval as evaluation
 import llm
 import metrics
 import report
+import run_folder
 import scaffold_spec
 import trace_format
 
@@ -266,7 +267,7 @@ def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=Non
                 header, steps, end = episode(["a", "b", "a"], "c", env=env, task=task)
                 header["seed"], end["progression"] = job["seed"], v
                 with_calls((header, steps, end), log=lambda t: [write_ops(1), searches(0, 3)])
-                write_trace(evaluation.trace_path(runs_dir / name, job), header, steps, end)
+                write_trace(run_folder.trace_path(runs_dir / name, job), header, steps, end)
     evaluation.summarize(config, runs_dir / name)
     (runs_dir / name / "config.json").write_text(json.dumps(config))
     return runs_dir / name

@@ -19,6 +19,7 @@ import eval as evaluation
 import llm
 import metrics
 import report
+import run_folder
 import trace_format
 import train_lora
 from bench.harness_throughput import Stub
@@ -173,7 +174,7 @@ def records(run_dir, job):
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items() if k not in ("seconds", "agent_seconds", "run")}
         return [clean(v) for v in x] if isinstance(x, list) else x
-    return [clean(json.loads(line)) for line in evaluation.trace_path(run_dir, job).read_text().splitlines()]
+    return [clean(json.loads(line)) for line in run_folder.trace_path(run_dir, job).read_text().splitlines()]
 
 
 def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
@@ -194,7 +195,7 @@ def test_a_run_on_a_local_ray_cluster_equals_the_run_on_one_machine(tmp_path):
         assert cluster["per_episode"] == here["per_episode"] and cluster["progression"] == here["progression"]
         # resume on the cluster, run as the README's command: the finished episodes are kept, a lost one plays
         # again and lands in the run folder
-        evaluation.trace_path(tmp_path / "cluster", jobs[1]).unlink()
+        run_folder.trace_path(tmp_path / "cluster", jobs[1]).unlink()
         subprocess.run([sys.executable, str(ROOT / "eval.py"), *argv, "--run-name", "cluster", "--ray", "local"],
                        check=True, capture_output=True, cwd=tmp_path)
         assert stub.requests["stub"] == 2 * calls + calls // len(jobs) and calls % len(jobs) == 0
