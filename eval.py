@@ -151,30 +151,12 @@ def make_config(args):
     for name in env_names:
         if name not in seeds_file:
             raise ValueError(f"{args.seeds} has no line for {name}: add '{name}: 42 43 ...'")
-        scaffold = scaffold_spec.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0", jailed=args.untrusted_hooks)
-        if isinstance(scaffold["hooks"], jail.JailedHooks) and not jail.available()[0]:
-            raise ValueError(f"{scaffold['path']}: its hooks.py runs only in the jail, which does not work here: "
-                             f"{jail.available()[1]}")
-        grammar = {"on": True, "off": False}.get(args.grammar, grammar_auto or scaffold["grammar"])
-        if grammar and not llm.BACKENDS[args.backend].GRAMMAR:
-            raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
-        scaffolds[name] = {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"],
-                           "hash": scaffold["hash"], "grammar": grammar,  # the scaffold's setting, or --grammar's
-                           "scaffold_grammar": scaffold["grammar"]}
+        scaffolds[name] = scaffold_entry(name, args, grammar_auto)
         if (args.episodes or 0) > len(seeds_file[name]):
             raise ValueError(f"--episodes {args.episodes}: {args.seeds} has {len(seeds_file[name])} seeds for {name}; "
                              f"add seeds there or ask for fewer episodes")
         seeds = seeds_file[name][:args.episodes or quick.get("episodes") or len(seeds_file[name])]
-        tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
-        if args.task:
-            known = envs.MINIHACK_TASKS if name == "minihack" else tasks  # Boxoban asked for by name needs its levels
-            unknown = [t for t in args.task if t not in known]
-            if unknown or len(env_names) > 1:
-                raise ValueError(f"--task {' '.join(unknown or args.task)}: pick one --env and tasks from {', '.join(known)}")
-            missing = [t for t in args.task if t in envs.BOXOBAN_TASKS and t not in tasks]  # level files absent
-            if missing:
-                raise ValueError(f"--task {' '.join(missing)} needs the Boxoban level files: {envs.BOXOBAN_HELP}")
-            tasks = [t for t in known if t in args.task]
+        tasks = selected_tasks(name, args, several_envs=len(env_names) > 1)
         jobs += [{"env": name, "task": t, "episode": i, "seed": s} for t in tasks for i, s in enumerate(seeds)]
     limits = {k: v for k, v in {"log_turns": args.log_turns or quick.get("log_turns"),
                                 "plan_turns": args.plan_turns or quick.get("plan_turns"),
@@ -188,14 +170,8 @@ def make_config(args):
                          "or drop --memory-base-url")
     if args.load_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--load-4bit needs bitsandbytes (nf4 on a CUDA GPU): pip install bitsandbytes")
-    tag = "-".join([env, args.agent] + ([scaffolds[env_names[0]]["name"]] if args.agent == "memory" and env != "all" else [])
-                   + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model or args.memory_base_url else [])
-                   + (["grammar"] if any(s["grammar"] > s["scaffold_grammar"] for s in scaffolds.values()) else [])
-                   + (["nogrammar"] if any(s["grammar"] < s["scaffold_grammar"] for s in scaffolds.values()) else [])
-                   + ([args.text] if args.text != "automem" else []) + ([args.context] if args.context != "full" else [])
-                   + (["quick"] if args.quick else []))
     return {
-        "run_name": args.run_name or tag,
+        "run_name": args.run_name or run_tag(args, env, model, scaffolds),
         "env": env, "agent": args.agent, "scaffolds": scaffolds, "limits": limits, "grammar_auto": grammar_auto,
         "text": args.text, "context": args.context, "untrusted_hooks": args.untrusted_hooks,
         "max_steps": args.max_steps or quick.get("max_steps"),
@@ -209,6 +185,44 @@ def make_config(args):
 
 BACKEND_ONLY = {"n_ctx": "llamacpp", "n_threads": "llamacpp", "n_gpu_layers": "llamacpp", "base_url": "openai",
                 "load_4bit": "transformers"}  # options that one backend takes
+
+
+def scaffold_entry(name, args, grammar_auto):
+    """The env's scaffold as config.json records it, with the grammar setting the run uses."""
+    scaffold = scaffold_spec.load_scaffold(args.scaffold or ROOT / "scaffolds" / name / "v0", jailed=args.untrusted_hooks)
+    if isinstance(scaffold["hooks"], jail.JailedHooks) and not jail.available()[0]:
+        raise ValueError(f"{scaffold['path']}: its hooks.py runs only in the jail, which does not work here: "
+                         f"{jail.available()[1]}")
+    grammar = {"on": True, "off": False}.get(args.grammar, grammar_auto or scaffold["grammar"])
+    if grammar and not llm.BACKENDS[args.backend].GRAMMAR:
+        raise ValueError(llm.NO_GRAMMAR.format(backend=args.backend))
+    return {"path": os.path.relpath(scaffold["path"], ROOT), "name": scaffold["name"], "hash": scaffold["hash"],
+            "grammar": grammar, "scaffold_grammar": scaffold["grammar"]}  # grammar: the scaffold's, or --grammar's
+
+
+def selected_tasks(name, args, several_envs):
+    """The env's tasks, or those --task names (for one env; Boxoban's need their level files)."""
+    tasks = envs.tasks(name, boxoban_dir=args.boxoban_dir)
+    if not args.task:
+        return tasks
+    known = envs.MINIHACK_TASKS if name == "minihack" else tasks  # Boxoban asked for by name needs its levels
+    unknown = [t for t in args.task if t not in known]
+    if unknown or several_envs:
+        raise ValueError(f"--task {' '.join(unknown or args.task)}: pick one --env and tasks from {', '.join(known)}")
+    missing = [t for t in args.task if t in envs.BOXOBAN_TASKS and t not in tasks]  # level files absent
+    if missing:
+        raise ValueError(f"--task {' '.join(missing)} needs the Boxoban level files: {envs.BOXOBAN_HELP}")
+    return [t for t in known if t in args.task]
+
+
+def run_tag(args, env, model, scaffolds):
+    """The run's default name: env, agent, scaffold, model and what differs from the defaults."""
+    return "-".join([env, args.agent] + ([next(iter(scaffolds.values()))["name"]] if args.agent == "memory" and env != "all" else [])
+                    + [Path(model).stem.replace("/", "_")] + (["2model"] if args.memory_adapter or args.memory_model or args.memory_base_url else [])
+                    + (["grammar"] if any(s["grammar"] > s["scaffold_grammar"] for s in scaffolds.values()) else [])
+                    + (["nogrammar"] if any(s["grammar"] < s["scaffold_grammar"] for s in scaffolds.values()) else [])
+                    + ([args.text] if args.text != "automem" else []) + ([args.context] if args.context != "full" else [])
+                    + (["quick"] if args.quick else []))
 
 
 def load_backend(spec):
