@@ -352,6 +352,35 @@ def test_sft_in_two_processes_keeps_the_batch(tiny_model, data_file, tmp_path):
     with pytest.raises(ValueError, match="different training run"):  # one process is another run
         train_lora.train(data_file, out, tiny_model, overrides={"rank": 4, "alpha": 8, "batch": 4}, max_steps=2)
 
+
+DRIVER = """import sys
+sys.path.insert(0, sys.argv[1])
+import deepspeed
+import train_lora
+deepspeed.init_distributed("gloo")  # accelerate does this on GPUs, nobody on CPUs
+data, model, out, zero3 = sys.argv[2:]
+cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "lr": 1e-3, "batch": 4, "micro_batch": 1})
+trainer, _, _ = train_lora.sft_trainer(train_lora.read_jsonl(data), model, cfg, out + "/checkpoints", max_steps=2,
+                                       eval_examples=2, deepspeed=train_lora.ZERO3 if zero3 == "1" else None)
+trainer.train()
+trainer.save_model(out)
+"""
+
+
+@pytest.mark.slow
+def test_sft_zero3_gives_the_data_parallel_adapter(tiny_model, data_file, tmp_path):
+    """configs/ds_zero3.json on two CPU processes: the adapter (gathered from both) equals plain data parallelism's."""
+    pytest.importorskip("deepspeed")
+    (tmp_path / "drive.py").write_text(DRIVER)
+    for zero3 in ("0", "1"):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "drive.py"),
+                               str(ROOT), str(data_file), str(tiny_model), str(tmp_path / zero3), zero3], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.numpy import load_file
+    ddp, zero3 = load_file(tmp_path / "0/adapter_model.safetensors"), load_file(tmp_path / "1/adapter_model.safetensors")
+    assert ddp.keys() == zero3.keys() and all(np.allclose(ddp[k], zero3[k], atol=1e-6) for k in ddp)
+    assert max(np.abs(v).max() for k, v in zero3.items() if "lora_B" in k) > 1e-4  # trained, not the zero init
+
 def test_config_validation():
     assert train_lora.lora_config("minihack", {})["targets"] == "all-linear"
     assert train_lora.lora_config("crafter", {"rank": 16.0})["rank"] == 16
