@@ -494,7 +494,6 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
         "data_summary": json.loads(summary_path(data).read_text()) if summary_path(data).is_file() else None,
         "steps": trainer.state.global_step, "resumed_from": resume and str(resume),
         "eval_examples": min(eval_examples, examples), "loss_before": loss_before, "loss_after": loss_after,
-        "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
         "train_losses": losses, "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None,
         "seconds": round(time.time() - t0, 1),
         "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft, trl)},
