@@ -11,8 +11,9 @@
 #   bash bench/sft_device.sh run .gpu/sft_wheels [more wheel folders]   # on the box, from the repository root
 #
 # fetch: trl and its data stack, DeepSpeed built as a pure-Python wheel (DS_BUILD_OPS=0: no CUDA ops compiled;
-# ZeRO-3 with torch's AdamW needs none), the kit's imports the box may lack (crafter, gym, pydantic), with the
-# test suites and Arrow Flight cut out of the pyarrow and pandas wheels to keep the folder near 50 MB.
+# ZeRO-3 with torch's AdamW needs none), bitsandbytes with only the CUDA ${BNB_CUDA:-130} binary (the box's torch),
+# the kit's imports the box may lack (crafter, gym, pydantic), and the test suites and Arrow Flight cut out of the
+# pyarrow and pandas wheels: about 54 MB.
 # run: installs only the distributions that are not installed yet (pip --no-index --no-deps).
 set -uo pipefail
 mode=${1:?usage: bash bench/sft_device.sh fetch DIR | run DIR [DIR...]}
@@ -21,18 +22,22 @@ shift
 if [ "$mode" = fetch ]; then
   dir=${1:?fetch needs a folder}
   mkdir -p "$dir"
-  pip download -q --no-deps --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 \
+  pip download -q --no-deps --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir" \
     trl==1.16.0 datasets==5.0.1 pyarrow==21.0.0 pandas==3.0.6 python-dateutil==2.9.0.post0 six dill==0.4.1 \
     multiprocess==0.70.19 xxhash hjson ninja py-cpuinfo msgpack einops nvidia-ml-py \
-    pydantic==2.11.9 pydantic-core==2.33.2 annotated-types typing-inspection gym-notices opensimplex ruamel.yaml || exit 1
+    pydantic==2.11.9 pydantic-core==2.33.2 annotated-types typing-inspection gym-notices opensimplex ruamel.yaml \
+    bitsandbytes==0.50.2 || exit 1
   pip wheel -q --no-deps -w "$dir" crafter==1.8.3 gym==0.23.0 || exit 1  # sdists only
   pip download -q --no-deps --no-binary=:all: -d /tmp/ds_src deepspeed==0.19.8 || exit 1
   tar xzf /tmp/ds_src/deepspeed-0.19.8.tar.gz -C /tmp/ds_src
   DS_BUILD_OPS=0 pip wheel -q --no-deps --no-build-isolation -w "$dir" /tmp/ds_src/deepspeed-0.19.8 || exit 1
-  python3 - "$dir"/pyarrow-*.whl "$dir"/pandas-*.whl <<'EOF'
+  python3 - "$dir"/pyarrow-*.whl "$dir"/pandas-*.whl "$dir"/bitsandbytes-*.whl <<'EOF'
 import os, sys, zipfile
-cut = lambda name: "/tests/" in name or "flight" in name  # unused by datasets/trl; pyarrow.flight is never imported
+keep = ("libbitsandbytes_cpu.so", f"libbitsandbytes_cuda{os.environ.get('BNB_CUDA', '130')}.so")
+def cut(name):  # unused here: test suites, Arrow Flight (pyarrow.flight is never imported), other CUDA/ROCm builds
+    base = name.rsplit("/", 1)[-1]
+    return "/tests/" in name or "flight" in name or (base.startswith("libbitsandbytes_") and base not in keep)
 for whl in sys.argv[1:]:
     with zipfile.ZipFile(whl) as src, zipfile.ZipFile(whl + ".part", "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
@@ -62,7 +67,7 @@ for folder in sys.argv[1:]:
 EOF
 )
 [ -n "$missing" ] && { python3 -m pip install -q --break-system-packages --no-index --no-deps $missing || exit 1; }
-python3 -c "import torch, transformers, trl, peft, accelerate, deepspeed; print('versions', *(m.__name__ + ' ' + m.__version__ for m in (torch, transformers, trl, peft, accelerate, deepspeed)))" || exit 1
+python3 -c "import torch, transformers, trl, peft, accelerate, deepspeed; print('versions', *(m.__name__ + ' ' + m.__version__ for m in (torch, transformers, trl, peft, accelerate, deepspeed)), 'cuda', torch.version.cuda)" || exit 1
 
 work=$(mktemp -d /tmp/sft_device.XXXX)
 python3 - "$work" <<'EOF' || exit 1
