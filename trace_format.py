@@ -1,6 +1,6 @@
 """
 trace_format.py: the episode trace, the kit's central record, defined once. automem.run_episode writes
-it; metrics, replay, report, eval, digest (loop 1's view of the episodes), train_lora (loop 2's candidates)
+it; metrics, replay, report, eval, digest (loop 1's view of the episodes), sft_data (loop 2's candidates)
 and llm's scripted backend read it through read_trace, model_calls and routine_runs.
 
 A trace is JSONL, one record a line, flushed as the episode plays:

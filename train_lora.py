@@ -26,7 +26,8 @@ meta-LLM evolve the data selection and the LoRA config, scored by the two-model 
 
 Data: chat JSONL, one {"messages": [system, user, (assistant, user)*, assistant], "meta": {...}}
 per line; the loss is on the last assistant message only. A summary sits beside it (x.summary.json).
-The selection rules are the one function `select` below; `--select FILE` swaps in another.
+The data engine (turn selection, the chat JSONL) is sft_data.py, its rules the one function
+sft_data.select; `--select FILE` swaps in another. The GGUF LoRA converter is gguf_lora.py.
 SFT writes OUT/adapter_model.safetensors + adapter_config.json (peft), OUT/card.json (data hash,
 config, base model, losses) and OUT/checkpoints/ (resumable).
 The engine runs on loop 1's machinery (loop.py): runs/<name>/ holds config.json, state.json (the
@@ -42,7 +43,6 @@ import gc
 import hashlib
 import importlib.util
 import inspect
-import itertools
 import json
 import math
 import os
@@ -55,11 +55,12 @@ from pathlib import Path
 
 import cli
 import eval as evaluation
+import gguf_lora
 import jail
 import llm
+import llm_hf
 import loop
-import memory_fs
-import metrics
+import sft_data
 import trace_format
 
 ROOT = Path(__file__).resolve().parent
@@ -78,252 +79,6 @@ BOUNDS = {  # what a recipe may set: (type, low, high)
 }
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ZERO3 = ROOT / "configs" / "ds_zero3.json"  # the authors' 2-GPU setting: bf16 LoRA, DeepSpeed ZeRO-3
-
-
-# ----------------------------------------------------------------------------- data engine
-
-FIELDS = {  # what select() sees for each candidate turn (also shown to the meta-LLM)
-    "env": "crafter | minihack | nethack", "task": "task id", "seed": "episode seed", "source": "trace file",
-    "step": "env step", "routine": "'log' or 'plan'", "turn": "call index in the routine (0 first)",
-    "turns": "calls the routine made this step", "model": "'base' or 'memory' (who wrote the reply)",
-    "sent_back": "a PLAN turn whose committed action the scaffold's check_action hook sent back",
-    "target": "the reply after post-processing (what is trained)", "reply": "the raw reply",
-    "messages": "the chat: system, user, ..., assistant=target", "observation": "the step's observation text",
-    "ops": "[[name, args], ...] memory ops the reply ran (DONE/ACTION excluded)",
-    "reads": "READ/SEARCH/TAIL/COUNT ops in this turn", "found": "reads that returned something",
-    "empty": "SEARCH/COUNT ops that matched nothing", "writes": "successful non-redundant writes in this turn",
-    "redundant": "writes whose content already stood in the file", "failed": "ops refused or in error",
-    "reads_before": "reads in earlier turns of this routine (their results were seen before this reply)",
-    "writes_after": "successful non-redundant writes in later turns of this routine",
-    "action": "the action committed this step", "valid": "the action was a valid game action",
-    "fallback": "PLAN never committed; the scaffold's fallback action ran",
-    "productive": "the action moved the game to a state not among the last 8 (metrics.unproductive_rate)",
-    "stuck_run": "length of the run of unproductive steps this step is in (0 when productive)",
-    "step_progressed": "progression rose on this step", "episode_progression": "final progression 0..1",
-}
-
-
-def select(ex):
-    """Keep a turn worth reinforcing? Returns (keep, rule); the first rule that matches decides."""
-    if ex["fallback"]:
-        return False, "drop:fallback"  # PLAN never committed: nothing to reinforce in this step
-    if ex["sent_back"]:
-        return False, "drop:sent_back"  # this consultation ended in an action the scaffold refused
-    if ex["failed"]:
-        return False, "drop:failed_op"  # malformed or refused op
-    if ex["stuck_run"] >= 3:
-        return False, "drop:stuck"  # inside a stuck or oscillating stretch
-    if ex["redundant"]:
-        return False, "drop:redundant_write"
-    if ex["writes"]:  # a write is worth learning only once memory was consulted first
-        return (True, "keep:write_after_retrieval") if ex["reads_before"] else (False, "drop:write_without_retrieval")
-    if ex["routine"] == "log" and ex["reads"] and ex["writes_after"]:
-        return True, "keep:retrieval_before_write"  # even an empty search: it checked before writing
-    if ex["empty"] and not ex["found"]:
-        return False, "drop:empty_search"
-    if ex["found"] and ex["valid"] and ex["productive"]:
-        return True, "keep:search_then_productive_action"
-    if ex["episode_progression"] > 0 and ex["valid"]:
-        return True, "keep:episode_progressed"
-    return False, "drop:no_evidence"
-
-
-FENCE = re.compile(r"^[ \t]*```[^\n]*(\n|$)", re.M)
-
-
-def postprocess(routine, reply):
-    """The training target: fences unwrapped; LOG cut after <|DONE|>; PLAN cut before its action."""
-    text = FENCE.sub("", reply)
-    pos = 0
-    for op in memory_fs.parse_ops(text):
-        start = text.find(op.raw, pos)
-        pos = start + len(op.raw)
-        if routine == "log" and op.name == "DONE":
-            return text[:pos].strip()
-        if routine == "plan" and op.name == "ACTION":
-            return text[:start].strip()
-    return text.strip()
-
-
-def has_memory_op(text):
-    return any(op.name not in ("DONE", "ACTION") for op in memory_fs.parse_ops(text))
-
-
-def step_flags(steps, end):
-    """Per step: productive (as metrics.unproductive_rate counts it: the game state moved to one not among
-    the last OSCILLATION_WINDOW) and the length of the run of unproductive steps it is in."""
-    bad = [f is True for f in metrics.unproductive_steps(steps, end)]
-    runs = []
-    for unproductive, group in itertools.groupby(bad):
-        n = len(list(group))
-        runs += [n if unproductive else 0] * n
-    return [not b for b in bad], runs
-
-
-def turn_counts(turn):
-    """Counts over the memory ops a turn ran (DONE/ACTION excluded)."""
-    ran = [(name, r) for (name, _), r in zip(turn["ops"], turn["results"])
-           if name not in ("DONE", "ACTION")]
-    return {
-        "reads": sum(name in memory_fs.READ_OPS for name, _ in ran),
-        "found": sum(name in memory_fs.READ_OPS and r["ok"] and (r["matches"] is None or r["matches"] > 0) for name, r in ran),
-        "empty": sum(name in ("SEARCH", "COUNT") and r["ok"] and r["matches"] == 0 for name, r in ran),
-        "writes": sum(name in memory_fs.WRITE_OPS and r["ok"] and not r["redundant"] for name, r in ran),
-        "redundant": sum(name in memory_fs.WRITE_OPS and bool(r["redundant"]) for name, r in ran),
-        "failed": sum(not r["ok"] for _, r in ran),
-        "ops": [op for op in turn["ops"][:len(turn["results"])] if op[0] not in ("DONE", "ACTION")],
-    }
-
-
-def candidates(path):
-    """Every LOG/PLAN turn of one trace as a candidate example, or None if it is no memory-agent trace."""
-    header, steps, end = trace_format.read_trace(path)
-    if not header or header["agent"] != "memory":
-        return None
-    productive, runs = step_flags(steps, end)
-    final = end["progression"] if end else (steps[-1]["progression"] if steps else 0.0)
-    out, before = [], 0.0
-    for t, s in enumerate(steps):
-        refused = {g["turn"] for g in s["gate"]}  # PLAN turns whose action check_action sent back
-        for routine, mine in trace_format.routine_runs(header, s):
-            counts = [turn_counts(turn) for turn, _ in mine]
-            for k, (turn, chat) in enumerate(mine):
-                sent_back = routine == "plan" and k in refused
-                target = postprocess(routine, turn["reply"])
-                out.append({
-                    "env": header["env"], "task": header["task"], "seed": header["seed"], "source": str(path),
-                    "step": s["step"], "routine": routine, "turn": k, "turns": len(mine), "sent_back": sent_back,
-                    "model": turn["model"], "target": target, "reply": turn["reply"],
-                    "messages": chat + [{"role": "assistant", "content": target}], "observation": s["observation"],
-                    **counts[k],
-                    "reads_before": sum(c["reads"] for c in counts[:k]),
-                    "writes_after": sum(c["writes"] for c in counts[k + 1:]),
-                    "action": s["action"], "valid": s["valid"], "fallback": s["fallback"],
-                    "productive": productive[t], "stuck_run": runs[t],
-                    "step_progressed": s["progression"] > before, "episode_progression": final,
-                })
-        before = s["progression"]
-    return out
-
-
-def trace_paths(runs):
-    paths = []
-    for run in runs:
-        p = Path(run)
-        if p.is_file():
-            paths.append(p)
-        elif p.is_dir():
-            paths += sorted((p / "traces" if (p / "traces").is_dir() else p).rglob("*.jsonl"))
-        else:
-            raise FileNotFoundError(f"no run directory or trace at {run}: pass runs/<name> folders written by eval.py")
-    return paths
-
-
-def build_dataset(runs, out, select_fn=select):
-    """Write the kept, post-processed, de-duplicated examples of the traces under `runs` to `out` (JSONL,
-    one trace in memory at a time) and the summary beside it (x.summary.json); return the summary."""
-    summary = {"traces": 0, "skipped_traces": 0, "candidates": 0, "examples": 0, "rules": {}, "envs": {},
-               "routines": {}, "seeds": {}}
-    write_jsonl(out, kept_rows(runs, select_fn, summary))
-    summary["seeds"] = {env: sorted(s) for env, s in summary["seeds"].items()}
-    summary_path(out).write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def kept_rows(runs, select_fn, summary):
-    """The rows to train on, counted into `summary` as they go; ValueError if none is kept."""
-    seen = set()
-    for path in trace_paths(runs):
-        cands = candidates(path)
-        if cands is None:
-            summary["skipped_traces"] += 1
-            continue
-        summary["traces"] += 1
-        for ex in cands:
-            summary["candidates"] += 1
-            summary["seeds"].setdefault(ex["env"], set()).add(ex["seed"])
-            if not ex["target"]:
-                keep, rule = False, "post:empty"
-            elif not has_memory_op(ex["target"]):
-                keep, rule = False, "post:no_memory_op"
-            else:
-                try:
-                    verdict = select_fn(ex)
-                except Exception as e:
-                    raise ValueError(f"select() raised {type(e).__name__}: {e} on {path} step {ex['step']} "
-                                     f"{ex['routine']} turn {ex['turn']}") from None
-                if not (isinstance(verdict, tuple) and len(verdict) == 2 and isinstance(verdict[1], str)):
-                    raise ValueError(f"select() must return (keep: bool, rule: str), got {verdict!r}")
-                keep, rule = bool(verdict[0]), verdict[1]
-            if keep:
-                key = hashlib.sha256(json.dumps(ex["messages"]).encode()).digest()
-                if key in seen:
-                    keep, rule = False, "dedup:duplicate"
-                seen.add(key)
-            summary["rules"][rule] = summary["rules"].get(rule, 0) + 1
-            if keep:
-                summary["examples"] += 1
-                summary["envs"][ex["env"]] = summary["envs"].get(ex["env"], 0) + 1
-                summary["routines"][ex["routine"]] = summary["routines"].get(ex["routine"], 0) + 1
-                yield {"messages": ex["messages"], "meta": {k: ex[k] for k in (
-                    "env", "task", "seed", "step", "routine", "turn", "source")} | {"rule": rule}}
-    if not summary["examples"]:
-        raise ValueError(f"no example kept from {summary['candidates']} turns of {summary['traces']} memory-agent traces "
-                         f"under {', '.join(map(str, runs))} (rules: {summary['rules'] or 'none'}): "
-                         "record more training episodes with eval.py, or loosen select()")
-
-
-def print_summary(summary, out=None):
-    print(f"data: {summary['traces']} traces ({summary['skipped_traces']} not memory-agent traces, skipped), "
-          f"{summary['candidates']} turns -> {summary['examples']} examples" + (f" -> {out}" if out else ""))
-    for rule, n in sorted(summary["rules"].items(), key=lambda kv: (kv[0].split(":")[0] != "keep", -kv[1])):
-        print(f"  {rule:40s} {n:6d}")
-    print("  kept per env: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["envs"].items())))
-    print("  kept per routine: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["routines"].items())))
-
-
-def load_select(path, jailed=False):
-    """select() from a Python file: run in this process, or with jailed=True (the engine's recipes, written by
-    a meta-LLM) in jail.py's jail, where it cannot touch files, processes, the network or the environment."""
-    if jailed:
-        jailed_select = jail.JailedHooks(path, names=["select"])
-        if "select" not in jailed_select:
-            raise ValueError(f"{path} defines no function select(example) -> (keep, rule)")
-        jailed_select.start()  # imports the file in the jail: HookError (a ValueError) if that fails
-        return jailed_select["select"]
-    namespace = {"__name__": "recipe"}
-    code = Path(path).read_text()
-    try:
-        exec(compile(code, str(path), "exec"), namespace)
-    except Exception as e:
-        raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
-    if not callable(namespace.get("select")):
-        raise ValueError(f"{path} defines no function select(example) -> (keep, rule)")
-    return namespace["select"]
-
-
-def write_jsonl(path, rows):
-    """Write rows (any iterable) to a .part file, renamed to `path` only once all were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    try:
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-
-
-def summary_path(data):
-    return Path(data).with_suffix(".summary.json")
-
-
-def cmd_data(args):
-    summary = build_dataset(args.runs, args.out, load_select(args.select, args.jail) if args.select else select)
-    print_summary(summary, args.out)
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -348,19 +103,6 @@ def lora_config(env, overrides):
     return cfg
 
 
-def read_jsonl(path):
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no data at {path}: make it with python train_lora.py data --runs ... --out {path}")
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for n, row in enumerate(rows, 1):
-        msgs = row.get("messages") if isinstance(row, dict) else None
-        if not msgs or msgs[-1].get("role") != "assistant":
-            raise ValueError(f"{path} line {n}: expected {{\"messages\": [..., {{\"role\": \"assistant\", ...}}]}}")
-    if not rows:
-        raise ValueError(f"{path} holds no examples: rerun python train_lora.py data")
-    return rows
-
-
 def sft_dataset(tok, rows, max_len):
     """The chats as TRL's conversational prompt-completion examples: SFTTrainer renders the prompt with the
     generation prompt, as at inference, and puts the loss on the completion only (the last assistant message
@@ -380,7 +122,7 @@ def load_base(model, qlora):
             raise ValueError("QLoRA needs a safetensors model (hub id or folder); a GGUF base trains as LoRA: --qlora off")
     if qlora and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("QLoRA needs bitsandbytes: pip install bitsandbytes (or pass --qlora off)")
-    return llm.load_hf(model, torch.bfloat16 if torch.cuda.is_available() else torch.float32, load_4bit=qlora)
+    return llm_hf.load_hf(model, torch.bfloat16 if torch.cuda.is_available() else torch.float32, load_4bit=qlora)
 
 
 def lora_peft_config(cfg):
@@ -423,17 +165,9 @@ def run_id(cfg, data_sha):
     return hashlib.sha256(json.dumps([cfg, data_sha], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_steps=25, eval_examples=16,
-          qlora="auto", seed=0, resume=None, deepspeed=None):
-    """LoRA SFT of `model` on the chat JSONL `data`; the adapter and card.json land in `out`. Returns the card.
-    Under accelerate launch every process runs this; the main one writes the files."""
-    import peft
+def sft_setup(rows, model, env, overrides, qlora, deepspeed):
+    """(env, LoRA config, 4-bit or not, DeepSpeed config, processes) of a run; ValueError names an impossible one."""
     import torch
-    import transformers
-    import trl
-    from transformers.trainer_utils import get_last_checkpoint
-    model = str(model or llm.embedded_model())
-    rows = read_jsonl(data)
     envs_in_data = sorted({r.get("meta", {}).get("env") for r in rows} - {None})
     env = env or (envs_in_data[0] if len(envs_in_data) == 1 else None)
     if env not in PRIORS:
@@ -451,14 +185,13 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     if deepspeed and not (cuda and importlib.util.find_spec("deepspeed")):
         raise ValueError("--zero3/--deepspeed need CUDA GPUs and DeepSpeed (pip install deepspeed)")
     use_4bit = qlora == "on" or (qlora == "auto" and cuda and not several and not model.endswith(".gguf"))
-    data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
-    settings = {**cfg, "env": env, "model": model, "max_steps": max_steps, "qlora": use_4bit, "seed": seed}
-    if several:  # single-process runs keep the run ids they had before these options
-        settings |= {"deepspeed": deepspeed and Path(deepspeed).name, "processes": world}
-    rid = run_id(settings, data_sha)
-    out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    card_path = out / "card.json"
+    return env, cfg, use_4bit, deepspeed, world
+
+
+def claim_out(out, rid, settings, data_sha, main):
+    """The card when `out` already holds this run's adapter; else None, once `out` holds no other run's
+    checkpoints (ValueError) and its checkpoints folder is marked as this run's (by the main process)."""
+    ckpt_dir, card_path = out / "checkpoints", out / "card.json"
     if card_path.is_file() and json.loads(card_path.read_text()).get("run_id") == rid:
         print(f"sft: {out} already holds this adapter (run {rid}); delete it to train again")
         return json.loads(card_path.read_text())
@@ -466,16 +199,38 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     if marker.is_file() and json.loads(marker.read_text())["run_id"] != rid:
         raise ValueError(f"{out} holds checkpoints of a different training run (other data or config): "
                          f"pass another --out or delete {out}")
-    main = int(os.environ.get("RANK", 0)) == 0
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"run_id": rid, **settings, "data_sha256": data_sha}, indent=1))
+    return None
+
+
+def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_steps=25, eval_examples=16,
+          qlora="auto", seed=0, resume=None, deepspeed=None):
+    """LoRA SFT of `model` on the chat JSONL `data`; the adapter and card.json land in `out`. Returns the card.
+    Under accelerate launch every process runs this; the main one writes the files."""
+    import peft
+    import torch
+    import transformers
+    import trl
+    from transformers.trainer_utils import get_last_checkpoint
+    model = str(model or llm.embedded_model())
+    rows = sft_data.read_jsonl(data)
+    env, cfg, use_4bit, deepspeed, world = sft_setup(rows, model, env, overrides, qlora, deepspeed)
+    data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    settings = {**cfg, "env": env, "model": model, "max_steps": max_steps, "qlora": use_4bit, "seed": seed}
+    if deepspeed or world > 1:  # single-process runs keep the run ids they had before these options
+        settings |= {"deepspeed": deepspeed and Path(deepspeed).name, "processes": world}
+    rid, out, main = run_id(settings, data_sha), Path(out), int(os.environ.get("RANK", 0)) == 0
+    finished = claim_out(out, rid, settings, data_sha, main)
+    if finished:
+        return finished
 
     t0 = time.time()
-    trainer, dropped, max_len = sft_trainer(rows, model, cfg, ckpt_dir, use_4bit, deepspeed, max_steps, save_steps,
-                                            eval_examples, seed)
+    trainer, dropped, max_len = sft_trainer(rows, model, cfg, out / "checkpoints", use_4bit, deepspeed, max_steps,
+                                            save_steps, eval_examples, seed)
     examples = len(trainer.train_dataset)
-    resume = resume or get_last_checkpoint(str(ckpt_dir))
+    resume = resume or get_last_checkpoint(str(out / "checkpoints"))
     if resume and main:
         print(f"sft: resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -485,35 +240,43 @@ def train(data, out, model=None, env=None, overrides=None, max_steps=None, save_
     trainer.save_model(str(out))  # the adapter (gathered from all processes under ZeRO-3)
     if not main:
         return None
+    cuda = torch.cuda.is_available()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     card = {
         "run_id": rid, "base_model": model, "env": env, "config": cfg, "qlora": use_4bit, "device": "cuda" if cuda else "cpu",
         "deepspeed": deepspeed and str(deepspeed), "processes": world,
         "max_steps": max_steps, "seed": seed, "data": str(data), "data_sha256": data_sha, "examples": examples,
         "dropped_over_max_len": dropped, "max_len": max_len,
-        "data_summary": json.loads(summary_path(data).read_text()) if summary_path(data).is_file() else None,
+        "data_summary": json.loads(sft_data.summary_path(data).read_text()) if sft_data.summary_path(data).is_file() else None,
         "steps": trainer.state.global_step, "resumed_from": resume and str(resume),
         "eval_examples": min(eval_examples, examples), "loss_before": loss_before, "loss_after": loss_after,
         "train_losses": losses, "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None,
         "seconds": round(time.time() - t0, 1),
         "versions": {m.__name__: m.__version__ for m in (torch, transformers, peft, trl)},
     }
+    return write_card(card, out)
+
+
+def write_card(card, out):
+    """The llama.cpp adapter (for a GGUF base), README.md and card.json (last: it marks a finished run) in `out`."""
+    model, env, examples, data_sha = card["base_model"], card["env"], card["examples"], card["data_sha256"]
     if model.endswith(".gguf"):
         try:
-            card["gguf"] = str(to_gguf(out, model))
+            card["gguf"] = str(gguf_lora.to_gguf(out, model))
         except ValueError as e:
             card["gguf"] = None
             print(f"sft: no llama.cpp adapter ({e})")
     (out / "README.md").write_text(  # in place of peft's blank model card
         f"# AutoMem memory specialist ({env})\n\nLoRA adapter for `{model}`, trained by `train_lora.py sft` on "
-        f"{examples} examples of `{data}` (sha256 {data_sha[:16]}...), {card['steps']} optimizer steps; "
-        f"loss {loss_before:.4f} -> {loss_after:.4f}.\n\nConfig: `{json.dumps(cfg)}`\n\n"
+        f"{examples} examples of `{card['data']}` (sha256 {data_sha[:16]}...), {card['steps']} optimizer steps; "
+        f"loss {card['loss_before']:.4f} -> {card['loss_after']:.4f}.\n\nConfig: `{json.dumps(card['config'])}`\n\n"
         f"Use: `python eval.py --env {env} --backend transformers --model {model} --memory-adapter {out}`"
         + (f" or, with llama.cpp, `--memory-adapter {card['gguf']}`" if card.get("gguf") else "") + ".\n"
         "Everything else is in card.json.\n")
-    card_path.write_text(json.dumps(card, indent=1))  # written last: its presence marks a finished run
-    print(f"sft: {examples} examples ({dropped} over {max_len} tokens dropped), {card['steps']} steps, "
-          f"loss {loss_before:.4f} -> {loss_after:.4f} on {card['eval_examples']} examples, {card['seconds']} s -> {out}")
+    (out / "card.json").write_text(json.dumps(card, indent=1))
+    print(f"sft: {examples} examples ({card['dropped_over_max_len']} over {card['max_len']} tokens dropped), "
+          f"{card['steps']} steps, loss {card['loss_before']:.4f} -> {card['loss_after']:.4f} on {card['eval_examples']} "
+          f"examples, {card['seconds']} s -> {out}")
     return card
 
 
@@ -522,64 +285,6 @@ def cmd_sft(args):
     train(args.data, args.out, args.model, args.env, overrides, max_steps=args.max_steps, save_steps=args.save_steps,
           eval_examples=args.eval_examples, qlora=args.qlora, seed=args.seed, resume=args.resume,
           deepspeed=args.deepspeed or (ZERO3 if args.zero3 else None))
-
-
-# ----------------------------------------------------------------------------- GGUF LoRA (llama.cpp)
-
-GGUF_ARCHS = {"llama": True, "qwen2": False, "qwen3": False}  # arch -> q/k rows permuted by llama.cpp's converter
-
-
-def to_gguf(adapter_dir, base_gguf, out=None):
-    """Write a peft LoRA as a llama.cpp LoRA GGUF (f32) for the GGUF base it was trained on; returns its path.
-    Same layout as llama.cpp's convert_lora_to_gguf.py: blk.N.<tensor>.lora_a (rank x in), .lora_b (out x rank),
-    adapter.lora.alpha; B rows of q/k are permuted for llama bases as the base conversion permuted q/k."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import load_file
-    adapter_dir = Path(adapter_dir)
-    out = Path(out or adapter_dir / "adapter.gguf")
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError("rsLoRA, DoRA and per-module ranks do not convert: train a plain LoRA")
-    reader = gguf.GGUFReader(base_gguf)
-    arch = reader.fields["general.architecture"].contents()
-    if arch not in GGUF_ARCHS:
-        raise ValueError(f"base architecture {arch!r}: this converter knows {', '.join(GGUF_ARCHS)}; "
-                         "use llama.cpp's convert_lora_to_gguf.py")
-    n_head = reader.fields[f"{arch}.attention.head_count"].contents()
-    n_kv = reader.fields[f"{arch}.attention.head_count_kv"].contents()
-    names = gguf.get_tensor_name_map({v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch],
-                                     reader.fields[f"{arch}.block_count"].contents())
-    pairs = {}
-    for key, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
-        m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
-        if not m:
-            raise ValueError(f"{key}: only LoRA A/B matrices of linear layers convert")
-        pairs.setdefault(m[1], {})[m[2]] = t.astype(np.float32)
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
-    for module, ab in sorted(pairs.items()):
-        name = names.get_name(module)
-        if name is None:
-            raise ValueError(f"{module}: no GGUF tensor of a {arch} model matches it")
-        b = ab["B"]
-        if GGUF_ARCHS[arch] and module.endswith(("q_proj", "k_proj")):
-            heads = n_head if module.endswith("q_proj") else n_kv
-            b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1]).swapaxes(1, 2).reshape(b.shape)
-        writer.add_tensor(f"{name}.weight.lora_a", np.ascontiguousarray(ab["A"]))
-        writer.add_tensor(f"{name}.weight.lora_b", np.ascontiguousarray(b))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
-
-
-def cmd_gguf(args):
-    path = to_gguf(args.adapter, args.base, args.out)
-    print(f"gguf: {path} (load with llm.load('llamacpp', {args.base!r}, lora_path={str(path)!r}))")
 
 
 # ----------------------------------------------------------------------------- training engine
@@ -668,15 +373,15 @@ def run_logged(cmd, log, timeout=None):
 def select_data(config, select_path, out):
     """The training data a proposed select() keeps, the function running in the jail, all of it within
     select_timeout s; returns the data's summary (kept: a resumed iteration reuses the data)."""
-    if summary_path(out).is_file():
-        return json.loads(summary_path(out).read_text())
-    jailed, deadline = load_select(select_path, jailed=True), time.monotonic() + config["select_timeout"]
+    if sft_data.summary_path(out).is_file():
+        return json.loads(sft_data.summary_path(out).read_text())
+    jailed, deadline = sft_data.load_select(select_path, jailed=True), time.monotonic() + config["select_timeout"]
 
     def timed(example):
         if time.monotonic() > deadline:
             raise ValueError(f"not finished after {config['select_timeout']:g} s")
         return jailed(example)
-    return build_dataset(config["runs"], out, timed)
+    return sft_data.build_dataset(config["runs"], out, timed)
 
 
 def evaluate_recipe(config, eval_dir, adapter=None):
@@ -717,13 +422,13 @@ def ledger_table(state):
 def meta_prompt(env, state, default_stats):
     """The meta-LLM's input: the select() fields, the best recipe so far (or the hand-written one) and every recipe tried."""
     best = state["incumbent"]
-    source = Path(best["select"]).read_text() if best else inspect.getsource(select)
+    source = Path(best["select"]).read_text() if best else inspect.getsource(sft_data.select)
     stats = best["data"] if best else default_stats
     ledger = [json.dumps({**{k: r.get(k) for k in ("iteration", "verdict", "score", "reason", "config", "train")},
                           "data": {k: (r.get("data") or {}).get(k) for k in ("examples", "rules", "routines")}})
               for r in [state["start"]] + state["iterations"]]
     return META_PROMPT.format(
-        env=env, fields="\n".join(f"  {k}: {v}" for k, v in FIELDS.items()),
+        env=env, fields="\n".join(f"  {k}: {v}" for k, v in sft_data.FIELDS.items()),
         best_note=f" (iteration {best['iteration']}, progression {best['score']['mean']:.2f})" if best else " (the hand-written default)",
         source=source.rstrip(), stats=json.dumps({k: stats.get(k) for k in ("examples", "rules", "envs", "routines")}),
         defaults=json.dumps(lora_config(env, {})), bounds=json.dumps({k: v[1:] for k, v in BOUNDS.items() if v[0] is not str}),
@@ -786,15 +491,16 @@ def run_engine(args):
     """The engine on loop.py's machinery: the baseline evaluated once, then recipes until args.iterations are done."""
     config = engine_config(args)
     run_dir = loop.prepare_run_dir(config, args.runs_dir)
-    traces = [trace_format.read_trace(p)[0] for p in trace_paths(config["runs"])]
+    traces = [trace_format.read_trace(p)[0] for p in sft_data.trace_paths(config["runs"])]
     leaked = sorted({h["seed"] for h in traces if h and h.get("env") == args.env}
                     & set(evaluation.read_seeds(config["seeds"]).get(args.env, [])))
     if leaked:
         raise ValueError(f"training traces use evaluation seeds {leaked} of {args.seeds}: record training episodes "
                          f"with eval.py --seeds <a file of other seeds>")
     default = run_dir / "default_recipe.jsonl"  # what the hand-written select() keeps: shown to the meta-LLM
-    default_stats = json.loads(summary_path(default).read_text()) if summary_path(default).is_file() else \
-        build_dataset(config["runs"], default)
+    default_summary = sft_data.summary_path(default)
+    default_stats = json.loads(default_summary.read_text()) if default_summary.is_file() else \
+        sft_data.build_dataset(config["runs"], default)
     meta_llm = loop.load_meta(config["meta"], cwd=run_dir, read_dirs=[run_dir, *config["runs"]])
 
     def first():
@@ -820,6 +526,16 @@ def cmd_engine(args):
 
 
 # ----------------------------------------------------------------------------- CLI
+
+def cmd_data(args):
+    select = sft_data.load_select(args.select, args.jail) if args.select else sft_data.select
+    sft_data.print_summary(sft_data.build_dataset(args.runs, args.out, select), args.out)
+
+
+def cmd_gguf(args):
+    path = gguf_lora.to_gguf(args.adapter, args.base, args.out)
+    print(f"gguf: {path} (load with llm.load('llamacpp', {args.base!r}, lora_path={str(path)!r}))")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -329,7 +329,7 @@ def qwen2_tokenizer(vocab_gguf):
 
 
 def random_hf_loader(shape, tok):
-    """A stand-in for llm.load_hf: the Qwen2 of `shape` with random bf16 weights made on the GPU (64 GB for the
+    """A stand-in for llm_hf.load_hf: the Qwen2 of `shape` with random bf16 weights made on the GPU (64 GB for the
     32B shape: nothing to read from disk)."""
     def load_hf(model, dtype, load_4bit=False):
         import torch
@@ -380,6 +380,7 @@ def run(args):
     import envs
     import eval as evaluation
     import llm
+    import llm_hf
     import trace_format
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
     if args.path == "inproc" and args.n != 1:
@@ -410,7 +411,7 @@ def run(args):
         weights = sum(nbytes(*t[1:]) for t in q4km_tensors(shape))
     else:
         cls = llm.Transformers
-        llm.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab))
+        llm_hf.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab))
         rows, generate = [], llm.Transformers.generate  # the rows of each generate: how full the batches ran
         llm.Transformers.generate = lambda self, batch: (rows.append(len(batch)), generate(self, batch))[1]
         argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape-bf16", "--grammar", "off",

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import sft_data  # noqa: E402
 import train_lora  # noqa: E402
 
 QWEN25_32B = {"hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40,
@@ -90,7 +91,7 @@ def part_a(work):
     model_dir, data, out = work / "small_qwen2", work / "a_data.jsonl", work / "a_adapter"
     random_qwen2(model_dir, SMALL, SMALL["num_hidden_layers"], tok)
     rows = log_rows()
-    train_lora.write_jsonl(data, rows)
+    sft_data.write_jsonl(data, rows)
     cmd = [sys.executable, str(ROOT / "train_lora.py"), "sft", "--data", str(data), "--model", str(model_dir),
            "--out", str(out), "--env", "crafter", "--qlora", "on", "--rank", "16", "--alpha", "32", "--lr", "2e-3",
            "--batch", "8", "--micro-batch", "4", "--max-steps", "30", "--save-steps", "10", "--eval-examples", "16"]

@@ -75,12 +75,12 @@ import sys
 from pathlib import Path
 sys.path[:0] = [".", "bench"]
 import qlora_gpu
-import train_lora
+import sft_data
 QWEN25_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
               "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1e6, "tie_word_embeddings": True}
 work = Path(sys.argv[1])
 qlora_gpu.random_qwen2(work / "model", QWEN25_05B, QWEN25_05B["num_hidden_layers"], qlora_gpu.byte_tokenizer())
-train_lora.write_jsonl(work / "data.jsonl", qlora_gpu.log_rows())
+sft_data.write_jsonl(work / "data.jsonl", qlora_gpu.log_rows())
 EOF
 
 sft=(train_lora.py sft --data "$work/data.jsonl" --model "$work/model" --env crafter --rank 16 --alpha 32 --lr 2e-3

@@ -25,7 +25,7 @@ import llm
 import memory_fs
 import meta_loop
 import scaffold_spec
-import train_lora
+import sft_data
 
 ROOT = Path(__file__).resolve().parent.parent
 V0 = ROOT / "scaffolds" / "crafter" / "v0"
@@ -528,9 +528,9 @@ def test_static_check_allows_ordinary_hooks():
 def test_loop_2_runs_the_proposed_select_in_the_jail(tmp_path):
     select = tmp_path / "select.py"
     select.write_text(f"import os\ndef select(example):\n    open({str(tmp_path / 'x')!r}, 'w')\n    return True, 'k'\n")
-    jailed = train_lora.load_select(select, jailed=True)
+    jailed = sft_data.load_select(select, jailed=True)
     with pytest.raises(jail.HookError, match="select raised FileNotFoundError"):
         jailed({"messages": []})
     select.write_text("def select(example):\n    return len(example['messages']) > 1, f\"rule {example['step']}\"\n")
-    assert train_lora.load_select(select, jailed=True)({"messages": [1, 2], "step": 3}) == (True, "rule 3")
+    assert sft_data.load_select(select, jailed=True)({"messages": [1, 2], "step": 3}) == (True, "rule 3")
     assert not (tmp_path / "x").exists()

