@@ -295,6 +295,7 @@ def test_eval_workers_share_one_batching_transformers_model(tiny_dir, tmp_path, 
     """eval.py --workers 2 on transformers plays the episodes as threads on one model that batches their calls
     (max_batch = workers), not in processes that each load a copy."""
     import eval as evaluation
+    monkeypatch.setattr(evaluation, "WORKER", {})  # other tests leave their scripted stand-in loaded there
     sizes, run = [], llm.Transformers.generate
     record = lambda self, batch: (sizes.append(len(batch)), run(self, batch))[1]
     monkeypatch.setattr(llm.Transformers, "generate", record)
