@@ -12,35 +12,39 @@
 # MiniHack task (MazeWalk-9x9, Corridor-R3) of 100 steps. Evaluation: the same seeds, steps and grammar as
 # bench/embedded_table.sh, whose converged rows are the base rows. A second pair of rows plays the
 # specialist with --grammar off (the base model's fallback rate without grammar is 1.0).
+# Smaller (e.g. a CPU check of the whole chain): CRAFTER_STEPS, MAZE_STEPS, TRAIN_EPISODES (per task),
+# EVAL_EPISODES (per task) and SFT_ARGS (extra train_lora.py sft flags, e.g. "--max-steps 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: bash bench/loop2_mini.sh traces|train|eval RUNS-DIR}
 RUNS=${2:-runs/loop2}
 mkdir -p "$RUNS"
 source bench/embedded_runs.sh
-CRAFTER=(--env crafter --max-steps 300 --scaffold scaffolds/crafter/v5)
-MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps 100
+TRAIN_EPISODES=${TRAIN_EPISODES:-10}
+CRAFTER=(--env crafter --max-steps "${CRAFTER_STEPS:-300}" --scaffold scaffolds/crafter/v5)
+MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps "${MAZE_STEPS:-100}"
        --scaffold scaffolds/minihack/v4)
 case $STAGE in
   traces)
-    play train-crafter 10 "${CRAFTER[@]}" --seeds train_seeds.txt
-    EPISODES=10 play train-minihack 20 "${MAZES[@]}" --seeds train_seeds.txt
+    play train-crafter "$TRAIN_EPISODES" "${CRAFTER[@]}" --seeds train_seeds.txt
+    EPISODES=$TRAIN_EPISODES play train-minihack $((2 * TRAIN_EPISODES)) "${MAZES[@]}" --seeds train_seeds.txt
     finish ;;
   train)
     for env in crafter minihack; do
       python3 train_lora.py data --runs "$RUNS/train-$env" --out "$RUNS/data/$env.jsonl"
       python3 train_lora.py sft --data "$RUNS/data/$env.jsonl" --out "$RUNS/adapters/$env" --env $env --model "$MODEL" \
-        > "$RUNS/sft-$env.log" 2>&1 &
+        ${SFT_ARGS:-} > "$RUNS/sft-$env.log" 2>&1 &
       JOBS+=($!)
     done
     finish ;;
   eval)
     CRAFTER+=(--memory-adapter "$RUNS/adapters/crafter/adapter.gguf")
     MAZES+=(--memory-adapter "$RUNS/adapters/minihack/adapter.gguf")
-    play eval-crafter-v5-2model 3 "${CRAFTER[@]}"
-    play eval-crafter-v5-2model-nogrammar 3 "${CRAFTER[@]}" --grammar off
-    EPISODES=5 play eval-minihack-v4-2model 10 "${MAZES[@]}"
-    EPISODES=5 play eval-minihack-v4-2model-nogrammar 10 "${MAZES[@]}" --grammar off
+    crafter=${EVAL_EPISODES:-3} mazes=${EVAL_EPISODES:-5}  # the evaluation seeds bench/embedded_table.sh plays
+    play eval-crafter-v5-2model "$crafter" "${CRAFTER[@]}"
+    play eval-crafter-v5-2model-nogrammar "$crafter" "${CRAFTER[@]}" --grammar off
+    EPISODES=$mazes play eval-minihack-v4-2model $((2 * mazes)) "${MAZES[@]}"
+    EPISODES=$mazes play eval-minihack-v4-2model-nogrammar $((2 * mazes)) "${MAZES[@]}" --grammar off
     finish ;;
   *) echo "unknown stage $STAGE: traces, train or eval" >&2; exit 2 ;;
 esac
