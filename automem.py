@@ -42,13 +42,13 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import memory_fs
 import scaffold_spec
 import trace_format
+from hook_context import Context
 
 CONTEXTS = ("full", "memory-only")
 CONTEXT_HOOKS = ("observe", "before_log", "before_plan", "after_log", "check_action")  # off in memory-only runs
@@ -56,25 +56,6 @@ WINDOW_MESSAGES = 16  # sliding-window baseline: last 16 messages (BALROG's max_
 
 
 # ----------------------------------------------------------------------------- agent
-
-@dataclass
-class Context:
-    """What hooks see at a step. `episode` is a dict the hooks may keep state in."""
-    step: int
-    obs: object  # envs.Observation: text, long, short, state
-    memory: memory_fs.MemoryFS
-    game: object
-    episode: dict = field(default_factory=dict)
-    actions: list = field(default_factory=list)  # the actions the agent returned so far (after repair)
-    prev_action: str | None = None    # what the agent returned last step (after repair)
-    prev_executed: str | None = None  # what the env ran (its default action after an invalid one)
-    prev_valid: bool = True
-    log_ops: list = field(default_factory=list)  # [name, args] of the ops this step's LOG ran
-
-    def write(self, op, *args):
-        """A memory write by a hook (APPEND, WRITE, CREATE, UPSERT), recorded like the model's; returns its OpResult."""
-        return self.memory.execute(memory_fs.Op(op, list(args), ""), memory_fs.WRITE_OPS)
-
 
 class Turn(NamedTuple):
     """One model call of a routine, its ops run (Agent.call)."""

@@ -510,7 +510,7 @@ def serve(module_path, limits, extra_paths):
     seccomp = install_seccomp()
     sys.path[:0] = ["/jail/code"] + extra_paths
     import importlib.util
-    import automem  # noqa: F401  (its dataclasses rebuild ctx: jail_wire.decode(classes=True))
+    import hook_context  # noqa: F401  (its Context rebuilds ctx: jail_wire.decode(classes=True))
     send({"jailed": True, "uid": os.getuid(), "seccomp": seccomp})
     spec = importlib.util.spec_from_file_location("hooks", module_path)
     module = importlib.util.module_from_spec(spec)

@@ -3,7 +3,7 @@ jail_wire.py: what travels between jail.py's parent and its jailed worker, one J
 
 Values: None, bool, numbers, str, lists and dicts, with tuples, sets and
 non-string-keyed dicts tagged so they come back as they went; a dataclass (the hook Context, an op,
-an observation) field by field, rebuilt in the jail as automem's or memory_fs's class when it is one
+an observation) field by field, rebuilt in the jail as hook_context's or memory_fs's class when it is one
 (ctx.write works) and as an attribute namespace otherwise; other objects (the game) as their public
 plain-data attributes (ctx.game.actions, .task, .t: a copy, it cannot be stepped); a MemoryFS as a
 copy of its files in the scratch folder. A Context field equal to what the worker already holds is
@@ -67,7 +67,7 @@ def encode(value, memories=None, plain=False):
 
 def decode(value, memories=(), classes=False):
     """The value encode() described; memories become the given copies, objects attribute namespaces or, with
-    classes=True (in the worker), instances of their dataclass when it is one of automem's or memory_fs's
+    classes=True (in the worker), instances of their dataclass when it is one of hook_context's or memory_fs's
     (ctx.write and ctx.memory work as in-process; __init__ does not run)."""
     def inner(v):
         return decode(v, memories, classes)
@@ -93,9 +93,9 @@ def decode(value, memories=(), classes=False):
 
 def rebuild(kind, fields, classes):
     """An object from its class name and fields: with classes=True (in the worker) an instance of the
-    automem or memory_fs dataclass of that name (__init__ does not run), else an attribute namespace."""
+    hook_context or memory_fs dataclass of that name (__init__ does not run), else an attribute namespace."""
     module, _, name = (kind or "").partition(".")
-    cls = getattr(sys.modules.get(module), name, None) if classes and module in ("automem", "memory_fs") else None
+    cls = getattr(sys.modules.get(module), name, None) if classes and module in ("hook_context", "memory_fs") else None
     obj = cls.__new__(cls) if dataclasses.is_dataclass(cls) else types.SimpleNamespace()
     obj.__dict__.update(fields)
     return obj
