@@ -242,27 +242,29 @@ def test_sliding_window_keeps_16_messages(tmp_path):
     assert len(recs[11]["plan"]["turns"][0]["messages"]) == 1 + automem.WINDOW_MESSAGES
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda y: y.replace("name: crafter-v0", "name: [unclosed"), "line "),
-    (lambda y: y.replace("{prev_action}", "{oops}"), "unknown placeholder"),
-    (lambda y: y.replace("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]"), "ACTION"),
-    (lambda y: y.replace("  log: [READ,", "  log: [FLY, READ,"), "FLY"),
-    (lambda y: y.replace("\nops:\n", "\nops: [READ]\naliases:\n"), "ops must be a mapping"),
-    (lambda y: y.replace("  log_turns: 10", "  log_turns: ten"), "limits.log_turns must be a whole number"),
-    (lambda y: y.replace("  log_turns: 10", "  log_turns: 0"), "limits.log_turns must be a whole number >= 1"),
-    (lambda y: y.replace("  strategy.txt: \"\"", "  strategy.txt: 5"), "files.strategy.txt must be text"),
-    (lambda y: y.replace("  strategy.txt: \"\"", "  ../x.txt: \"\""), "bad file name '../x.txt'"),
-    (lambda y: y.replace("name: crafter-v0", "name: [a, b]"), "name must be a non-empty string"),
-    (lambda y: y.replace("fallback_action: Noop", "fallback_action: Fly"), "'Fly' is not a crafter action"),
-    (lambda y: y.replace("grammar: false", "grammar: false\nwhatever: 1"), "unknown key"),
-    (lambda y: y + "\ntexts:\n  stuck: 'stuck {steps}'\n", "texts.stuck uses unknown placeholder"),
-    (lambda y: y + "\ntasks:\n  Boxoban: {fallback_action: Fly}\n", "tasks.Boxoban"),
-    (lambda y: y.replace("grammar: false", "grammar: maybe"), "grammar must be true or false"),
+@pytest.mark.parametrize("old,new,message", [  # scaffold.yaml with old replaced by new (old None: new appended)
+    ("name: crafter-v0", "name: [unclosed", "line "),
+    ("{prev_action}", "{oops}", "unknown placeholder"),
+    ("  plan: [READ, SEARCH, TAIL, COUNT, ACTION]", "  plan: [READ]", "ACTION"),
+    ("  log: [READ,", "  log: [FLY, READ,", "FLY"),
+    ("\nops:\n", "\nops: [READ]\naliases:\n", "ops must be a mapping"),
+    ("  log_turns: 10", "  log_turns: ten", "limits.log_turns must be a whole number"),
+    ("  log_turns: 10", "  log_turns: 0", "limits.log_turns must be a whole number >= 1"),
+    ("  strategy.txt: \"\"", "  strategy.txt: 5", "files.strategy.txt must be text"),
+    ("  strategy.txt: \"\"", "  ../x.txt: \"\"", "bad file name '../x.txt'"),
+    ("name: crafter-v0", "name: [a, b]", "name must be a non-empty string"),
+    ("fallback_action: Noop", "fallback_action: Fly", "'Fly' is not a crafter action"),
+    ("grammar: false", "grammar: false\nwhatever: 1", "unknown key"),
+    (None, "\ntexts:\n  stuck: 'stuck {steps}'\n", "texts.stuck uses unknown placeholder"),
+    (None, "\ntasks:\n  Boxoban: {fallback_action: Fly}\n", "tasks.Boxoban"),
+    ("grammar: false", "grammar: maybe", "grammar must be true or false"),
 ])
-def test_scaffold_validation(tmp_path, edit, message):
+def test_scaffold_validation(tmp_path, old, new, message):
     shutil.copytree(CRAFTER_V0, tmp_path / "s")
     path = tmp_path / "s" / "scaffold.yaml"
-    path.write_text(edit(path.read_text()))
+    text = path.read_text()
+    assert old is None or old in text
+    path.write_text(text + new if old is None else text.replace(old, new))
     with pytest.raises(ValueError, match=message):
         scaffold_spec.load_scaffold(tmp_path / "s")
 
