@@ -265,6 +265,11 @@ def tree(inventory, things=(), front="grass", status=None, done=()):
      ["TOOLS: Stone Pickaxe, Wood Sword", "MATERIALS: wood:1, stone:4", "NEXT: Place Furnace (face grass, sand or "
       "path; 4 stone, you hold 4), and put it NEAR the table!", "ALSO: Make Stone Sword (the materials are in hand, a "
       "table is in view)", EASY_SLEEP + "; Place Stone (face grass, sand or path): a free achievement"]),
+    ({"stone_pickaxe": 1, "wood_sword": 1, "stone": 1, "wood": 1}, [("table", 1, 0)], "grass",  # the sword's least
+     ["TOOLS: Stone Pickaxe, Wood Sword", "MATERIALS: wood:1, stone:1", "NEXT: Mine 3 more stone for the furnace (it "
+      "costs 4 stone, you hold 1)", "  -> No stone in view: explore to find some", "ALSO: Make Stone Sword (the "
+      "materials are in hand, a table is in view)", EASY_SLEEP + "; Place Stone (face grass, sand or path): a free "
+      "achievement"]),
     ({"stone_pickaxe": 1, "stone_sword": 1, "stone": 1}, [], "stone",
      ["TOOLS: Stone Pickaxe, Stone Sword", "MATERIALS: stone:1", "NEXT: Mine 3 more stone for the furnace (it costs 4 "
       "stone, you hold 1)", "  -> Stone right in front of you: Do NOW",

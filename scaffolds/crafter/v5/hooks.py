@@ -245,15 +245,38 @@ def tech_tree_status(obs, done):
     `done` lists the actions that took effect at earlier steps (the previous step's not yet counted)."""
     inv, near, text = inventory(obs), nearest(obs), obs.text.lower()
     pick, sword = best_tool(inv, "pickaxe"), best_tool(inv, "sword")
-    wood, stone, coal, iron, sapling = (inv.get(k, 0) for k in ("wood", "stone", "coal", "iron", "sapling"))
     table, furnace = "table" in text, "furnace" in text
     tools = [f"{pick} Pickaxe"] * bool(pick) + [f"{sword} Sword"] * bool(sword)
     lines = ["TOOLS: " + (", ".join(tools) or "None")]
-    materials = [f"{k}:{n}" for k, n in (("wood", wood), ("stone", stone), ("coal", coal), ("iron", iron),
-                                         ("sapling", sapling)) if n]
+    materials = [f"{k}:{inv[k]}" for k in ("wood", "stone", "coal", "iron", "sapling") if inv.get(k, 0)]
     if materials:
         lines.append("MATERIALS: " + ", ".join(materials))
-    step, hint = None, None
+    step, hint = next_rung(inv, near, pick, sword, table, furnace)
+    if step:
+        lines.append("NEXT: " + step)
+    if hint:
+        lines.append("  -> " + hint)
+    lines += also_craft(inv, pick, sword, table, furnace)
+    wins = easy_wins(obs, done, inv, near, pick)
+    if wins and len(lines) < 6:
+        lines.append("EASY WINS: " + "; ".join(wins[:2]))
+    return "=== TECH TREE ===\n" + "\n".join(lines)
+
+
+def next_rung(inv, near, pick, sword, table, furnace):
+    """NEXT's step and its '->' hint, for the tier the tools put the agent on (None where no rung fits)."""
+    if pick is None or sword is None:
+        return wood_tools_rung(inv, near, pick, table)
+    if pick == "Wood":
+        return stone_pickaxe_rung(inv, near, table)
+    if pick == "Stone":
+        return iron_pickaxe_rung(inv, near, table, furnace)
+    return "Mine diamond (face diamond, Do; the Iron Pickaxe is enough)", resource_hint(near, "diamond")
+
+
+def wood_tools_rung(inv, near, pick, table):
+    """The wood pickaxe first (4 wood: the table, the pickaxe, and one for the sword), then the wood sword."""
+    wood, step, hint = inv.get("wood", 0), None, None
     if pick is None:
         if wood >= 3 and table:
             step = f">>> Make Wood Pickaxe NOW (a table is in view, you hold {wood} wood) <<<"
@@ -264,7 +287,7 @@ def tech_tree_status(obs, done):
         else:
             step = f"Collect wood (Do on a tree): {4 - wood} more needed"
             hint = resource_hint(near, "tree")
-    elif sword is None:
+    else:
         if wood >= 1 and table:
             step = f">>> Make Wood Sword NOW (a table is in view, you hold {wood} wood) <<<"
         elif wood >= 3:
@@ -275,78 +298,89 @@ def tech_tree_status(obs, done):
         else:
             step = "Collect wood (3 needed: 2 for a table, 1 for the sword)"
             hint = resource_hint(near, "tree", in_front=False, absent=False)
-    elif pick == "Wood":
-        if stone >= 1 and wood >= 1 and table:
-            step = f">>> Make Stone Pickaxe NOW: a table is in view, you hold {wood} wood + {stone} stone <<<"
-            if stone >= 2 and wood >= 2 and not inv.get("stone_sword", 0):
-                step += " Then Make Stone Sword!"
-        elif stone == 0:
-            step = "Mine stone (face stone, Do; the Wood Pickaxe is enough)"
-            hint = resource_hint(near, "stone")
-        elif not table:
-            if wood >= 2:
-                step = "Place Table (face grass, sand or path; 2 wood) to make the Stone Pickaxe"
-                if near.get("grass", (None,))[0] == 0:
-                    hint = "Grass in front: place the table now!"
-            elif wood >= 1:
-                step = "1 more wood for a table (it costs 2), then make the Stone Pickaxe"
-                hint = resource_hint(near, "tree", in_front=False, absent=False)
-            else:
-                step = "Collect 2 wood for a table, then make the Stone Pickaxe (3 wood + 1 stone in all)"
-                hint = resource_hint(near, "tree", in_front=False, absent=False)
-        elif wood == 0:
-            step = "Collect wood to craft with (1 or more for the Stone Pickaxe)"
+    return step, hint
+
+
+def stone_pickaxe_rung(inv, near, table):
+    """With a wood pickaxe: stone, a table and wood for the stone pickaxe (and the stone sword after it)."""
+    wood, stone, step, hint = inv.get("wood", 0), inv.get("stone", 0), None, None
+    if stone >= 1 and wood >= 1 and table:
+        step = f">>> Make Stone Pickaxe NOW: a table is in view, you hold {wood} wood + {stone} stone <<<"
+        if stone >= 2 and wood >= 2 and not inv.get("stone_sword", 0):
+            step += " Then Make Stone Sword!"
+    elif stone == 0:
+        step = "Mine stone (face stone, Do; the Wood Pickaxe is enough)"
+        hint = resource_hint(near, "stone")
+    elif not table:
+        if wood >= 2:
+            step = "Place Table (face grass, sand or path; 2 wood) to make the Stone Pickaxe"
+            if near.get("grass", (None,))[0] == 0:
+                hint = "Grass in front: place the table now!"
+        elif wood >= 1:
+            step = "1 more wood for a table (it costs 2), then make the Stone Pickaxe"
             hint = resource_hint(near, "tree", in_front=False, absent=False)
-    elif pick == "Stone":
-        if iron >= 1 and coal >= 1 and wood >= 1 and table and furnace:
-            step = (f">>> Make Iron Pickaxe NOW: a table and a furnace are in view, you hold {wood} wood + {coal} "
-                    f"coal + {iron} iron <<<")
-            if iron >= 2 and coal >= 2 and wood >= 2 and not inv.get("iron_sword", 0):
-                step += " Then Make Iron Sword!"
-        elif not furnace and stone >= 4:
-            step = f"Place Furnace (face grass, sand or path; 4 stone, you hold {stone})"
-            if table:
-                step += ", and put it NEAR the table!"
-        elif not furnace:
-            step = f"Mine {4 - stone} more stone for the furnace (it costs 4 stone, you hold {stone})"
-            hint = resource_hint(near, "stone")
-        elif iron == 0:
-            step = "Mine iron (face iron, Do; the Stone Pickaxe is enough)"
-            hint = resource_hint(near, "iron")
-        elif coal == 0:
-            step = "Mine coal (face coal, Do; any pickaxe)"
-            hint = resource_hint(near, "coal")
-        elif not table:
-            if wood >= 2:
-                step = "Place Table (face grass, sand or path; 2 wood) near the furnace, to make iron tools"
-            else:
-                step = "Collect wood (2 for a table) to set up iron crafting"
-                hint = resource_hint(near, "tree", in_front=False, absent=False)
-    else:
-        step = "Mine diamond (face diamond, Do; the Iron Pickaxe is enough)"
-        hint = resource_hint(near, "diamond")
-    if step:
-        lines.append("NEXT: " + step)
-    if hint:
-        lines.append("  -> " + hint)
-    if pick == "Stone" and sword == "Wood":
-        if stone >= 1 and wood >= 1 and table:
-            lines.append("ALSO: Make Stone Sword (the materials are in hand, a table is in view)")
-    elif pick == "Iron" and sword != "Iron":
-        if iron >= 1 and coal >= 1 and wood >= 1 and table and furnace:
-            lines.append("ALSO: Make Iron Sword (the materials are in hand, a table and a furnace are in view)")
+        else:
+            step = "Collect 2 wood for a table, then make the Stone Pickaxe (3 wood + 1 stone in all)"
+            hint = resource_hint(near, "tree", in_front=False, absent=False)
+    elif wood == 0:
+        step = "Collect wood to craft with (1 or more for the Stone Pickaxe)"
+        hint = resource_hint(near, "tree", in_front=False, absent=False)
+    return step, hint
+
+
+def iron_pickaxe_rung(inv, near, table, furnace):
+    """With a stone pickaxe: a furnace (4 stone), iron, coal and a table for the iron pickaxe (and sword)."""
+    wood, stone, coal, iron = (inv.get(k, 0) for k in ("wood", "stone", "coal", "iron"))
+    step, hint = None, None
+    if iron >= 1 and coal >= 1 and wood >= 1 and table and furnace:
+        step = (f">>> Make Iron Pickaxe NOW: a table and a furnace are in view, you hold {wood} wood + {coal} "
+                f"coal + {iron} iron <<<")
+        if iron >= 2 and coal >= 2 and wood >= 2 and not inv.get("iron_sword", 0):
+            step += " Then Make Iron Sword!"
+    elif not furnace and stone >= 4:
+        step = f"Place Furnace (face grass, sand or path; 4 stone, you hold {stone})"
+        if table:
+            step += ", and put it NEAR the table!"
+    elif not furnace:
+        step = f"Mine {4 - stone} more stone for the furnace (it costs 4 stone, you hold {stone})"
+        hint = resource_hint(near, "stone")
+    elif iron == 0:
+        step = "Mine iron (face iron, Do; the Stone Pickaxe is enough)"
+        hint = resource_hint(near, "iron")
+    elif coal == 0:
+        step = "Mine coal (face coal, Do; any pickaxe)"
+        hint = resource_hint(near, "coal")
+    elif not table:
+        if wood >= 2:
+            step = "Place Table (face grass, sand or path; 2 wood) near the furnace, to make iron tools"
+        else:
+            step = "Collect wood (2 for a table) to set up iron crafting"
+            hint = resource_hint(near, "tree", in_front=False, absent=False)
+    return step, hint
+
+
+def also_craft(inv, pick, sword, table, furnace):
+    """ALSO: the sword of the pickaxe's tier when its materials are in hand (an iron one needs the furnace too)."""
+    wood, stone, coal, iron = (inv.get(k, 0) for k in ("wood", "stone", "coal", "iron"))
+    if pick == "Stone" and sword == "Wood" and stone >= 1 and wood >= 1 and table:
+        return ["ALSO: Make Stone Sword (the materials are in hand, a table is in view)"]
+    if pick == "Iron" and sword != "Iron" and iron >= 1 and coal >= 1 and wood >= 1 and table and furnace:
+        return ["ALSO: Make Iron Sword (the materials are in hand, a table and a furnace are in view)"]
+    return []
+
+
+def easy_wins(obs, done, inv, near, pick):
+    """Achievements one action away that were not earned yet: sleep, place stone, place a sapling, drink."""
     wins = []
     if "Sleep" not in done and pick is not None:
         wins.append("Sleep, to earn Wake Up (a free achievement)")
-    if "Place Stone" not in done and stone > 0 and pick is not None:
+    if "Place Stone" not in done and inv.get("stone", 0) > 0 and pick is not None:
         wins.append("Place Stone (face grass, sand or path): a free achievement")
-    if "Place Plant" not in done and sapling > 0:
+    if "Place Plant" not in done and inv.get("sapling", 0) > 0:
         wins.append("Place Plant (face grass): it grows into food")
     if vitals(obs).get("drink", 9) < 7 and "water" in near:
         wins.append(f"Collect Drink: water {near['water'][0]} step(s) {near['water'][1]}")
-    if wins and len(lines) < 6:
-        lines.append("EASY WINS: " + "; ".join(wins[:2]))
-    return "=== TECH TREE ===\n" + "\n".join(lines)
+    return wins
 
 
 def stagnation_warning(idle):
