@@ -433,7 +433,7 @@ def main(argv=None):
     s = sub.choices["table"]
     s.add_argument("--latex", action="store_true", help="print the progression table as LaTeX (booktabs); "
                    "with --out also table.tex")
-    s = sub.add_parser("compare", help="progression of run B minus run A with a bootstrap 95% interval")
+    s = sub.add_parser("compare", help="progression of run B minus run A with a bootstrap 95%% interval")
     s.add_argument("run_a", help="runs/<name> (A, e.g. v0)")
     s.add_argument("run_b", help="runs/<name> (B, e.g. the converged scaffold)")
     args = p.parse_args(argv)
