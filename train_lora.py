@@ -389,8 +389,8 @@ def evaluate_recipe(config, eval_dir, adapter=None):
     the memory metrics the meta-LLM sees. SystemExit (a model that fails) stops the engine: re-run to resume."""
     argv = ["--backend", config["eval_backend"], "--model", config["eval_model"], "--no-replay",
             *shlex.split(config["eval_args"])]
-    if adapter:  # llama.cpp takes the GGUF LoRA that sft writes beside the peft files (for a GGUF base)
-        argv += ["--memory-adapter", str(adapter / "adapter.gguf" if config["eval_backend"] == "llamacpp" else adapter)]
+    if adapter:  # the adapter folder: eval.py finds the GGUF LoRA that sft writes there when llama.cpp needs it
+        argv += ["--memory-adapter", str(adapter)]
     try:
         result = loop.evaluate(argv, config["env"], eval_dir)
     finally:  # let the models go: the next SFT subprocess needs the GPU memory they hold
