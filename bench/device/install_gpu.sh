@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device proof of `bash install.sh --gpu` on a box with no network (the lent H200: Python 3.12, its image's CUDA torch
 # and transformers 5.17): the wheelhouse comes in parts of at most 55 MB (one carry each) and gathers in
-# .whl/gpu_install (git-ignored, so it stays between calls while the machine is warm); then install.sh --gpu --wheels
+# /tmp/gpu_install (outside the repo copy, which each call replaces, so it stays while the machine is warm); then install.sh --gpu --wheels
 # installs from it, and `check` loads the embedded SmolLM2 in 4 bits through bitsandbytes on CUDA and with every layer
 # on the GPU through the CUDA build of llama.cpp. Results: $OUT/install_gpu.json, logs beside it.
 #
@@ -21,7 +21,7 @@
 # ggml-vocab-qwen2.gguf. Files over 50 MB travel as NAME.split-NN pieces, joined before the install.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-WHEELS=.whl/gpu_install
+WHEELS=${WHEELS:-/tmp/gpu_install}
 OUT="${OUT:-/tmp/install_gpu_out}"
 mkdir -p "$WHEELS" "$OUT"
 export PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1  # the image's python3 is the system one
@@ -43,23 +43,23 @@ case "${1:-}" in
   stash) stash "${2:-}" ;;
   build)
     join_split_files
-    mkdir -p .whl/llama_cpp_src
-    [ -d .whl/llama_cpp_src/llama_cpp_python-0.3.36 ] || tar xzf "$WHEELS"/llama_cpp_python-0.3.36.tar.gz -C .whl/llama_cpp_src
+    mkdir -p /tmp/llama_cpp_src
+    [ -d /tmp/llama_cpp_src/llama_cpp_python-0.3.36 ] || tar xzf "$WHEELS"/llama_cpp_python-0.3.36.tar.gz -C /tmp/llama_cpp_src
     python3 -m pip install -q --no-index --find-links "$WHEELS" "scikit-build-core>=0.9.2"
-    export PATH="$PATH:/usr/local/cuda/bin" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" SKBUILD_BUILD_DIR="$PWD/.whl/llama_cpp_build"
+    export PATH="$PATH:/usr/local/cuda/bin" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" SKBUILD_BUILD_DIR=/tmp/llama_cpp_build
     export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}"  # what install.sh --gpu sets
     timeout "${BUILD_SECONDS:-560}" python3 -m pip wheel -q --no-deps --no-index --no-build-isolation -w "$WHEELS" \
-      .whl/llama_cpp_src/llama_cpp_python-0.3.36 2>&1 | tail -20
+      /tmp/llama_cpp_src/llama_cpp_python-0.3.36 2>&1 | tail -20
     ;;
   install)
     if [ -n "${2:-}" ]; then stash "$2"; fi
     join_split_files
     export CUDA_ARCH="${CUDA_ARCH:-90}"
-    mkdir -p .whl/no_network  # install.sh's apt-get for bubblewrap would only wait on a network that is not there
-    printf '#!/bin/sh\necho "apt-get: no network on this box" >&2; exit 1\n' > .whl/no_network/apt-get
-    chmod +x .whl/no_network/apt-get
-    export PATH="$PWD/.whl/no_network:$PATH"
+    mkdir -p /tmp/no_network  # install.sh's apt-get for bubblewrap would only wait on a network that is not there
+    printf '#!/bin/sh\necho "apt-get: no network on this box" >&2; exit 1\n' > /tmp/no_network/apt-get
+    chmod +x /tmp/no_network/apt-get
+    export PATH="/tmp/no_network:$PATH"
     start=$SECONDS
     set +e
     timeout "${INSTALL_SECONDS:-560}" bash install.sh --gpu --wheels "$WHEELS" > "$OUT/install.log" 2>&1
