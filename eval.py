@@ -571,6 +571,7 @@ def run(args, config, run_dir):
 
 
 if __name__ == "__main__":
+    llm.preload_cuda_llama()
     try:
         main()
     except jail.HookError as e:

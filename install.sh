@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: bash install.sh [--gpu] [--wheels DIR]
 #   (none)        CPU (offline except PyPI): requirements.txt, llama-cpp-python built for a portable AVX2 CPU.
-#   --gpu         a CUDA box: the same less the torch pin (the box's own CUDA torch stays), requirements-gpu.txt
+#   --gpu         a CUDA box: the same less the torch and numpy pins (the box's own CUDA torch and numpy stay), requirements-gpu.txt
 #                 (bitsandbytes), and llama-cpp-python built with CUDA by the nvcc on PATH or in $CUDA_HOME/bin
 #                 (default /usr/local/cuda).
 #                 CUDA_ARCH=90 builds for that GPU architecture (default: native, the GPUs this box has);
@@ -29,7 +29,7 @@ if ((gpu)); then
   command -v nvcc >/dev/null || { echo "install.sh --gpu: no nvcc: install the CUDA toolkit, or set CUDA_HOME to it" >&2; exit 2; }
   export CMAKE_ARGS="${CMAKE_ARGS:-$cpu_flags -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-native}}"
   if [ -n "${TORCH_INDEX:-}" ]; then "${pip[@]}" torch --index-url "$TORCH_INDEX"; fi
-  "${pip[@]}" -r <(grep -v '^torch==' requirements.txt) -r requirements-gpu.txt
+  "${pip[@]}" -r <(grep -v -e '^torch==' -e '^numpy==' requirements.txt) -r requirements-gpu.txt
   # A llama-cpp-python built earlier for the CPU (or pip's cached CPU wheel) is rebuilt with CUDA.
   python3 -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null ||
     "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "$(grep -o '^llama-cpp-python[^ ]*' requirements.txt)"

@@ -40,16 +40,23 @@ Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=
 - llama.cpp threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp
   loads): with OpenMP's spinning default, a 2-core machine shared by other processes generated
   0.8 tok/s instead of 20.
+- A CUDA build of llama-cpp-python crashed (segfault while loading any model) on the lent H200 image
+  whenever numpy had loaded before its libraries, which every eval.py run does (the games, torch);
+  with libllama loaded first, through LD_PRELOAD, it ran. The command lines call
+  preload_cuda_llama(), which restarts the command once with that set (a CPU build: nothing).
 - Errors: bad input (missing file, unknown backend/adapter) raises ValueError/FileNotFoundError;
   a call that fails at run time (server down, timeouts, a script out of replies) raises BackendError,
   which a caller may record and go on.
 """
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 from llm_core import (CUT_MARK, DEFAULT_MODEL, MAX_TOKENS, N_CTX, NO_GRAMMAR, SEED, TEMPERATURE, BackendError,  # noqa: F401
                       Reply, common_prefix, cut_at_stop, embedded_model, fit_messages, gguf_path, reply_budget)
@@ -342,7 +349,29 @@ def load(backend="llamacpp", model=None, **options):
     return BACKENDS[backend](model, **options)
 
 
+def cuda_libllama():
+    """The libllama of a CUDA build of llama-cpp-python (its lib folder, or LLAMA_CPP_LIB_PATH, holds
+    libggml-cuda.so), else None: a CPU build, or none installed."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(spec.submodule_search_locations[0]) / "lib")
+    return str(lib / "libllama.so") if (lib / "libggml-cuda.so").exists() else None
+
+
+def preload_cuda_llama():
+    """Run this command line again, once, with a CUDA build's libllama in LD_PRELOAD (see the module notes:
+    loaded after numpy, it crashed). Call it first thing in a script's __main__ block; a CPU build, a
+    preload already in place, or a program that is not a script file (python -c, stdin) changes nothing."""
+    libllama = cuda_libllama()
+    preload = os.environ.get("LD_PRELOAD", "")
+    if libllama is None or libllama in preload.replace(":", " ").split() or not os.path.isfile(sys.argv[0]):
+        return
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": f"{libllama} {preload}".strip()})
+
+
 if __name__ == "__main__":
+    preload_cuda_llama()
     import argparse
     p = argparse.ArgumentParser(description="One chat reply from a backend, with token counts and speed.")
     p.add_argument("prompt")

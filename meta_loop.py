@@ -568,4 +568,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    llm.preload_cuda_llama()
     main()

@@ -382,6 +382,7 @@ def run(args):
     import llm
     import llm_hf
     import trace_format
+    llm.preload_cuda_llama()  # the in-process path's CUDA libllama ahead of numpy (it crashed on the 32B file without)
     shape = {**QWEN25_32B, "vocab_size": 152064, **(TINY if args.tiny else {})}
     if args.path == "inproc" and args.n != 1:
         sys.exit("error: --path inproc runs one call at a time: use --n 1 (or --path server or transformers)")

@@ -1,5 +1,5 @@
 """install.sh's options, with python3, nvcc and bwrap replaced by stubs that log what they were asked
-(nothing is installed): --gpu drops the torch pin, adds requirements-gpu.txt and builds llama-cpp-python
+(nothing is installed): --gpu drops the torch and numpy pins, adds requirements-gpu.txt and builds llama-cpp-python
 with CUDA; --wheels DIR keeps every pip call off the index; bad input is one line and exit status 2."""
 import subprocess
 from pathlib import Path
@@ -33,7 +33,8 @@ def install(tmp_path, *args, nvcc=True, env=None):
 def test_cpu_install_keeps_the_torch_pin_and_builds_for_the_cpu(tmp_path):
     r, log = install(tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "REQ torch==" in log and "requirements-gpu.txt" not in log and "-DGGML_CUDA" not in log
+    assert "REQ torch==" in log and "REQ numpy==1.26.4" in log and "requirements-gpu.txt" not in log
+    assert "-DGGML_CUDA" not in log
     assert "-DGGML_NATIVE=OFF" in log and "--no-deps -r requirements-nodeps.txt" in log
 
 
@@ -41,6 +42,7 @@ def test_gpu_install_keeps_the_box_torch_adds_bitsandbytes_and_builds_llama_cpp_
     r, log = install(tmp_path, "--gpu", env={"CUDA_ARCH": "90"})
     assert r.returncode == 0, r.stderr
     assert "REQ torch==" not in log and "REQ transformers" in log and "REQ bitsandbytes" in log
+    assert "REQ numpy==" not in log and "REQ numpy  # unpinned" in log  # the box's numpy 2 stays
     assert log.count("-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90") == 3  # every call, the CUDA build's included
     rebuild = [line for line in log.splitlines() if "--force-reinstall" in line]  # the stub says: no GPU offload yet
     assert rebuild == ["CALL -m pip install -q --force-reinstall --no-deps --no-cache-dir llama-cpp-python[server]==0.3.36"]

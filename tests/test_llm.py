@@ -105,6 +105,42 @@ def test_llamacpp_bad_input_errors(smol, tmp_path):
         llm.load("vllm")
 
 
+def fake_llama_lib(tmp_path, cuda):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ["libllama.so", "libggml-cpu.so"] + ["libggml-cuda.so"] * cuda:
+        (lib / name).touch()
+    return lib
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_cuda_libllama_only_for_a_cuda_build(tmp_path, monkeypatch, cuda):
+    lib = fake_llama_lib(tmp_path, cuda)
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(lib))
+    assert llm.cuda_libllama() == (str(lib / "libllama.so") if cuda else None)
+
+
+def test_preload_cuda_llama_restarts_the_command_once_with_libllama_first(tmp_path, monkeypatch):
+    lib = fake_llama_lib(tmp_path, cuda=True)
+    script = tmp_path / "eval.py"
+    script.touch()
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(lib))
+    monkeypatch.setenv("LD_PRELOAD", "/other/libjemalloc.so")
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-u", str(script), "--quick"])
+    execs = []
+    monkeypatch.setattr(llm.os, "execve", lambda path, argv, env: execs.append((path, argv, env["LD_PRELOAD"])))
+    llm.preload_cuda_llama()
+    assert execs == [(sys.executable, ["python3", "-u", str(script), "--quick"],
+                      f"{lib / 'libllama.so'} /other/libjemalloc.so")]
+    monkeypatch.setenv("LD_PRELOAD", execs[0][2])  # the restarted command: already first, so it runs on
+    llm.preload_cuda_llama()
+    monkeypatch.setenv("LD_PRELOAD", "")
+    monkeypatch.setattr(sys, "argv", ["-c"])  # python -c: nothing to run again
+    llm.preload_cuda_llama()
+    assert len(execs) == 1
+
+
 def test_fit_messages_rule():
     words = lambda msgs: sum(len(m["content"].split()) + 2 for m in msgs)  # 2 tokens of template per message
     msgs = [{"role": "system", "content": "sys"}]

@@ -8,7 +8,8 @@
 # Usage, at the repo root on the device:
 #   bash bench/device/install_gpu.sh stash PART     # one carried part (.gpu/gpu_install/pK) into the wheelhouse
 #   bash bench/device/install_gpu.sh install [PART] # (the last part, then) install.sh --gpu --wheels, CUDA_ARCH=90
-#   bash bench/device/install_gpu.sh check          # the checks, then tests/test_install.py and tests/test_llm.py
+#   bash bench/device/install_gpu.sh check          # the checks, a quick eval.py run on the GPU, then
+#                                                   # tests/test_install.py and tests/test_llm.py
 # If install runs out of time while it compiles llama.cpp (pip compiles in a fresh folder each time, so a rerun starts
 # over), `build` compiles the same sdist with install.sh's CUDA flags in a folder that stays: run it until it exits 0
 # (each run goes on where the last stopped), then install finds that wheel and has nothing left to compile.
@@ -73,6 +74,13 @@ case "${1:-}" in
     exit "$rc"
     ;;
   check)
+    # eval.py puts the CUDA libllama ahead of numpy itself (llm.preload_cuda_llama); a quick run on the GPU shows it
+    rc=0
+    timeout 300 python3 eval.py --env crafter --quick --gpu-layers -1 --runs-dir /tmp/install_gpu_runs > "$OUT/quick.log" 2>&1 || rc=$?
+    echo "eval.py --env crafter --quick --gpu-layers -1: exit $rc"; tail -4 "$OUT/quick.log"
+    # here and in pytest, which load llama.cpp after numpy too, the preload is set by hand
+    LD_PRELOAD="$(python3 -c 'import llm; print(llm.cuda_libllama() or "")' 2>/dev/null) ${LD_PRELOAD:-}"
+    export LD_PRELOAD
     python3 - "$OUT/install_gpu.json" <<'EOF' 2>&1 | tee "$OUT/check.log"
 import importlib.metadata as meta, json, sys, time, traceback
 import torch
