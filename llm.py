@@ -40,10 +40,10 @@ Every backend has chat(messages, adapter=None, max_tokens=None, stop=None, seed=
 - llama.cpp threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp
   loads): with OpenMP's spinning default, a 2-core machine shared by other processes generated
   0.8 tok/s instead of 20.
-- A CUDA build of llama-cpp-python crashed (segfault while loading any model) on the lent H200 image
-  whenever numpy had loaded before its libraries, which every eval.py run does (the games, torch);
-  with libllama loaded first, through LD_PRELOAD, it ran. The command lines call
-  preload_cuda_llama(), which restarts the command once with that set (a CPU build: nothing).
+- A CUDA build of llama-cpp-python segfaulted on the lent H200 image in processes that also used numpy
+  (every eval.py run: the games, torch), at the model load when numpy came first; with libllama loaded
+  at the process start, through LD_PRELOAD, it ran. The command lines call preload_cuda_llama(),
+  which restarts the command once with that set (a CPU build: nothing).
 - Errors: bad input (missing file, unknown backend/adapter) raises ValueError/FileNotFoundError;
   a call that fails at run time (server down, timeouts, a script out of replies) raises BackendError,
   which a caller may record and go on.
