@@ -4,10 +4,9 @@
 #   play NAME WORKERS [eval.py args...]   one eval.py run, WORKERS episodes at a time; EPISODES=n sets
 #                                         --episodes (per task, default WORKERS)
 #   finish                                wait for every run; non-zero if one failed
-# Why processes and not a llama-server with parallel slots: with the grammar on, sampling costs the
-# 135M model ~6 ms of CPU per token (the grammar filters its 49k-token vocabulary whenever the sampled
-# token breaks it), and a server samples its slots one after another on one core: 9 slots ran at
-# 55-70 ms per generated token on the H200. A process per episode samples on its own core.
+# Why processes and not a llama-server with parallel slots: a server samples its slots one after another
+# on one core, and with the grammar on 9 slots ran at 55-70 ms per generated token on the H200. A process
+# per episode samples on its own core.
 # On a GPU box the runs take the GPUs in turn, and the processes share each GPU through CUDA's MPS
 # daemon (started here, stopped by finish; MPS=0 leaves it off): without it, 39 processes on one H200
 # took turns on it and played ~40 s a step each (1.1 s alone).

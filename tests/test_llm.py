@@ -10,13 +10,16 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import llm
 import llm_core
+import memory_fs
 
 ROOT = Path(__file__).resolve().parents[1]
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -94,6 +97,40 @@ def test_llamacpp_grammar_per_call(smol):
     assert not re.fullmatch(shape, smol.chat(ASK, max_tokens=20, seed=5).text)  # the next call is free again
     with pytest.raises(ValueError, match="invalid GBNF grammar"):
         smol.chat(ASK, grammar="root ::= (")
+
+
+def full_filter(backend):
+    """The backend with llama-cpp-python's own sampler chain (the grammar filters every token's vocabulary)."""
+    backend.llm._init_sampler = type(backend.llm)._init_sampler.__get__(backend.llm)
+    return backend
+
+
+def test_grammar_checked_greedy_equals_the_full_filter():
+    # greedy: the best allowed token either way; the 135M model's best token is often rejected, so both branches run
+    checked, full = llm.load("llamacpp", n_ctx=2048, temperature=0), full_filter(llm.load("llamacpp", n_ctx=2048, temperature=0))
+    gbnf = memory_fs.grammar(["READ", "WRITE", "SEARCH"], files=["notes.txt"])
+    for ask in (ASK, [{"role": "user", "content": "Save what you learned about trees in memory."}]):
+        reply = checked.chat(ask, max_tokens=80, grammar=gbnf).text
+        assert reply == full.chat(ask, max_tokens=80, grammar=gbnf).text
+        assert memory_fs.parse_ops(reply) and "<|END|>" in reply
+
+
+def test_grammar_checked_sampling_draws_the_constrained_distribution():
+    # one letter of five at temperature 1: the model's free draw is mostly some other token (rejected, drawn again
+    # among the five), sometimes one of them (kept); the letters come at the model's probabilities renormalized
+    import llama_cpp
+    m = llm.load("llamacpp", n_ctx=512, temperature=1.0)
+    ask = [{"role": "user", "content": "Pick one letter: a, b, c, d or e."}]
+    m.llm.reset()
+    m.llm.eval(m.tokens(ask))
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(m.llm.ctx, -1), shape=(m.llm.n_vocab(),))
+    letters = [m.llm.tokenize(c.encode(), add_bos=False)[0] for c in "abcde"]
+    expected = np.exp(logits[letters] - logits[letters].max())
+    expected /= expected.sum()  # about .52 .26 .10 .10 .03
+    drawn = Counter(m.chat(ask, max_tokens=1, seed=seed, grammar="root ::= [a-e]").text for seed in range(120))
+    assert set(drawn) <= set("abcde")
+    distance = sum(abs(drawn[c] / 120 - p) for c, p in zip("abcde", expected)) / 2  # total variation, ~.06 by chance
+    assert distance < 0.15, (drawn, expected)
 
 
 def test_llamacpp_bad_input_errors(smol, tmp_path):
