@@ -197,7 +197,8 @@ class LlamaCpp:
         return {"backend": "llamacpp", "model": self.model, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
                 "n_gpu_layers": self.n_gpu_layers, "seed": self.seed, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "lora_path": self.lora_path,
-                "flash_attn": self.flash_attn, "n_batch": self.llm.n_batch, "llama_cpp_python": llama_cpp.__version__}
+                "flash_attn": self.flash_attn, "n_batch": self.llm.n_batch, "llama_cpp_python": llama_cpp.__version__,
+                "grammar_sampling": "draw, then check (GrammarCheckedSampler)"}
 
 
 def trace_replies(path):
