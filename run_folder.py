@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -41,13 +42,28 @@ def confined(run_dir, path):
 
 
 def package_versions():
-    out = {"python": platform.python_version()}
+    """Python's, the kit's (its git commit, "+changes" when files differ from it; None outside a git checkout) and the
+    packages' versions: what a run's replies depend on besides its config (e.g. how llm.py samples)."""
+    out = {"python": platform.python_version(), "kit": kit_version()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def kit_version():
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        changes = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode:
+        return None
+    return commit.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
 
 
 def prepare_run_dir(config, runs_dir):

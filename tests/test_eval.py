@@ -1,6 +1,8 @@
 """eval.py end to end on the real envs with the scripted backend: files written, results, resume,
 clear errors for bad input."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,6 +222,27 @@ def test_changed_config_does_not_clobber_a_run(tmp_path, capsys):
         evaluation.main(["--env", "crafter", "--max-steps", "5", "--runs-dir", str(tmp_path), "--run-name", "r"])
     assert "holds a different run" in capsys.readouterr().err
     assert (run_dir / "results.json").read_text() == before
+
+
+def test_config_records_the_kit_commit_and_local_changes(tmp_path):
+    # a copy of the kit's run_folder.py in a git repo of its own: the commit, "+changes" once a file differs, None
+    # outside a checkout (what replies depend on besides the config, e.g. how llm.py samples)
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    for name in ("run_folder.py", "trace_format.py"):
+        (kit / name).write_text((Path(run_folder.__file__).parent / name).read_text())
+    version = lambda: subprocess.run([sys.executable, "-c", "import run_folder; print(run_folder.package_versions()['kit'])"],
+                                     cwd=kit, capture_output=True, text=True, check=True,
+                                     env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)}).stdout.strip()
+    assert version() == "None"
+    git = lambda *args: subprocess.run(["git", "-C", kit, "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "kit")
+    assert version() == git("rev-parse", "HEAD")
+    (kit / "trace_format.py").write_text((kit / "trace_format.py").read_text() + "# changed\n")
+    assert version() == git("rev-parse", "HEAD") + "+changes"
 
 
 def replies(run_dir):

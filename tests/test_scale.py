@@ -137,8 +137,14 @@ def test_replicas_each_thread_keeps_the_one_fewest_threads_use():
     try:
         o = llm.load("openai", base_url=[s.url for s in stubs])  # asks the first replica for its model
         assert o.model == "stub" and o.threads == [0, 0]  # asking pins no thread
-        with ThreadPoolExecutor(4) as pool:  # each thread tags its calls with its own model name
-            list(pool.map(lambda i: [o.chat(ASK, adapter=f"t{i}") for _ in range(3)], range(4)))
+        together = threading.Barrier(4)  # four threads at once (a pool reuses a thread whose task ended)
+
+        def three_calls(i):  # each thread tags its calls with its own model name
+            together.wait()
+            return [o.chat(ASK, adapter=f"t{i}") for _ in range(3)]
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(three_calls, range(4)))
         tags = [stub.requests for stub in stubs]
         assert sorted(len(t) for t in tags) == [2, 2] and all(n == 3 for t in tags for n in t.values())
     finally:
