@@ -438,8 +438,11 @@ def cluster_outcomes(config, run_dir, todo, address):
                          f"copy it under scaffolds/")
     # what a node needs to play an episode: the kit's modules, scaffolds and data (.gitignore'd files stay here too)
     excludes = [f"/{p.name}" for p in ROOT.iterdir() if p.suffix != ".py" and p.name not in ("scaffolds", "data")]
+    # a CUDA llama.cpp crashes unless preloaded (llm.preload_cuda_llama): a local cluster's workers inherit this
+    # process's LD_PRELOAD, a remote one's are told (nodes of one image: the same path; a missing file is skipped)
+    preload = {"env_vars": {"LD_PRELOAD": llm.cuda_libllama()}} if llm.cuda_libllama() else {}
     ray.init(address=None if address == "local" else address, log_to_driver=False,
-             runtime_env={"working_dir": str(ROOT), "excludes": excludes})
+             runtime_env={"working_dir": str(ROOT), "excludes": excludes, **preload})
     return cluster_results(ray, config, run_dir, todo)
 
 

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -337,3 +338,22 @@ def test_readme_loop2_chain_names_agree(tmp_path, monkeypatch):
     out = tmp_path / "crafter.jsonl"
     train_lora.main(["data", "--runs", str(run_dir), "--out", str(out)])
     assert len(out.read_text().splitlines()) > 0
+
+
+def test_ray_workers_preload_a_cuda_libllama(monkeypatch, tmp_path):
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def init(**options):
+        seen.update(options)
+        raise Started
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(init=init))
+    for libllama, env_vars in [("/box/llama_cpp/lib/libllama.so", {"LD_PRELOAD": "/box/llama_cpp/lib/libllama.so"}),
+                               (None, None)]:
+        monkeypatch.setattr(llm, "cuda_libllama", lambda: libllama)
+        with pytest.raises(Started):
+            evaluation.cluster_outcomes({"scaffolds": {}}, tmp_path, [], "ray://head:10001")
+        assert seen["runtime_env"].get("env_vars") == env_vars
