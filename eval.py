@@ -440,7 +440,8 @@ def cluster_outcomes(config, run_dir, todo, address):
     excludes = [f"/{p.name}" for p in ROOT.iterdir() if p.suffix != ".py" and p.name not in ("scaffolds", "data")]
     # a CUDA llama.cpp crashes unless preloaded (llm.preload_cuda_llama): a local cluster's workers inherit this
     # process's LD_PRELOAD, a remote one's are told (nodes of one image: the same path; a missing file is skipped)
-    preload = {"env_vars": {"LD_PRELOAD": llm.cuda_libllama()}} if llm.cuda_libllama() else {}
+    libllama = llm.cuda_libllama()
+    preload = {"env_vars": {"LD_PRELOAD": libllama}} if libllama else {}
     ray.init(address=None if address == "local" else address, log_to_driver=False,
              runtime_env={"working_dir": str(ROOT), "excludes": excludes, **preload})
     return cluster_results(ray, config, run_dir, todo)
