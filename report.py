@@ -90,8 +90,13 @@ def two_model(config):
     return bool(config.get("memory_adapter") or config.get("memory_model") or config.get("memory_base_url"))
 
 
+def memory_only(config):
+    """The ablation: the scaffold's programmatic context off, its memory on (eval.py --context memory-only)."""
+    return config.get("context") == "memory-only"
+
+
 def agent_label(config):
-    """Row label: the baseline's name, or "memory <scaffold versions>" [+ memory model]."""
+    """Row label: the baseline's name, or "memory <scaffold versions>" [+ memory model] [memory-only context]."""
     if config["agent"] != "memory":
         return BASELINES[config["agent"]]
     versions = sorted({Path(s["path"]).name for s in config["scaffolds"].values()}, key=version_key)
@@ -99,6 +104,8 @@ def agent_label(config):
     if two_model(config):
         name = config.get("memory_adapter") or config.get("memory_model")
         label += f" + memory model ({Path(name).name if name else 'its own server'})"
+    if memory_only(config):
+        label += " (memory-only context)"
     return label
 
 
@@ -107,9 +114,11 @@ CONVERGED = {"crafter": "v5", "minihack": "v4", "nethack": "v2"}  # the authors'
 
 def paper_row(config, env):
     """The paper's row this run stands beside for one env, or None: a baseline, v0, the converged scaffold (loop 1),
-    or the converged scaffold with a memory model (loop 2)."""
+    or the converged scaffold with a memory model (loop 2). The memory-only ablation stands beside none of them."""
     if config["agent"] != "memory":
         return BASELINES[config["agent"]]
+    if memory_only(config):
+        return None
     version = scaffold_version(config, env)
     if version == "v0" and not two_model(config):
         return "memory v0"
@@ -335,7 +344,8 @@ def progression_figure(runs, out, paper=False):
                 continue
             p = r["progression"]
             if config["agent"] == "memory":
-                name = model_label(config) + (" + memory model" if two_model(config) else "")
+                name = (model_label(config) + (" + memory model" if two_model(config) else "")
+                        + (" (memory-only context)" if memory_only(config) else ""))  # its own line, not v_N's point
                 series.setdefault(name, {})[scaffold_version(config, env)] = (p["mean"], p["se"])
             else:
                 baselines.append((f"{BASELINES[config['agent']]} ({model_label(config)})", p["mean"]))
@@ -366,8 +376,10 @@ def progression_figure(runs, out, paper=False):
 
 
 def first_and_best(runs, env):
-    """(first, best) memory runs of env: lowest scaffold version (then earliest), highest progression."""
-    mine = [r for r in runs if r["config"]["agent"] == "memory" and env in r["results"]["envs"]]
+    """(first, best) memory runs of env: lowest scaffold version (then earliest), highest progression; the
+    memory-only ablation is neither."""
+    mine = [r for r in runs if r["config"]["agent"] == "memory" and env in r["results"]["envs"]
+            and not memory_only(r["config"])]
     if not mine:
         return None
     first = min(mine, key=lambda r: version_key(scaffold_version(r["config"], env)))  # runs are in start order

@@ -251,9 +251,9 @@ def test_metrics_on_a_real_trace(traces):
 
 # ----------------------------------------------------------------------------- table and figures
 
-def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=None, started="1"):
+def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=None, started="1", context="full"):
     """A run directory as eval.py leaves it: hand-made traces, results.json from eval.summarize."""
-    config = {"run_name": name, "agent": agent, "backend": {"model": "/m/SmolLM2-135M-Instruct.Q4_1.gguf"},
+    config = {"run_name": name, "agent": agent, "backend": {"model": "/m/SmolLM2-135M-Instruct.Q4_1.gguf"}, "context": context,
               "memory_adapter": None, "memory_model": None, "limits": {}, "started": started,
               "scaffolds": {env: {"path": f"scaffolds/{env}/{version}", "name": f"{env}-{version}"} for env in env_progressions},
               "jobs": []}
@@ -324,6 +324,10 @@ def test_converged_scaffolds_stand_beside_the_papers_loop_rows():
     assert report.paper_row(config, "minihack") is None  # MiniHack's converged version is v4
     assert report.paper_row({**config, "memory_adapter": "adapters/crafter"}, "crafter") == "+ memory training (loop 2)"
     assert report.paper_row({**config, "agent": "cot"}, "crafter") == "chain-of-thought"
+    ablation = {**config, "context": "memory-only"}  # the converged scaffold with its Python off is no paper row
+    assert report.paper_row(ablation, "crafter") is None
+    assert report.agent_label(ablation) == "memory v5 (memory-only context)"
+    assert report.agent_label({**config, "context": "full"}) == "memory v5"
 
 
 def test_compare_pairs_by_seed_with_a_bootstrap_interval(tmp_path, capsys):
@@ -357,6 +361,14 @@ def test_figures_plot_the_numbers(runs, tmp_path):
     assert points["crafter"][model]["v1"] == (50.0, 0.0)
     assert points["crafter"][model]["v0"] == pytest.approx((20.0, 0.0))  # the later re-run of v0
     assert points["minihack"][model] == {"v0": (25.0, pytest.approx(21.6506, abs=1e-4))}
+    ablation = make_run(tmp_path / "runs", "c-v1-memory-only", "memory", {"crafter": {"default": [0.9]}}, version="v1",
+                        started="5", context="memory-only")
+    with_ablation = report.load_runs([*runs, ablation])
+    points, _ = report.progression_figure(with_ablation, out, paper=True)
+    assert points["crafter"][model]["v1"] == (50.0, 0.0)  # the ablation is a line of its own, not v1's point
+    assert points["crafter"][model + " (memory-only context)"] == {"v1": (90.0, 0.0)}
+    first, best = report.first_and_best(with_ablation, "crafter")
+    assert best["results"]["run"] == "c-v1"  # the best of the loops, not the ablation
     svg = (out / "progression.svg").read_text()
     for text in ("50.0", "20.0", "25.0", "sliding window (SmolLM2-135M-Instruct.Q4_1): 5.0",
                  "paper memory v0: 25.00", "paper + scaffold opt. (loop 1): 47.27", "scaffold version"):
