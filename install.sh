@@ -6,7 +6,8 @@
 #                 (default /usr/local/cuda).
 #                 CUDA_ARCH=90 builds for that GPU architecture (default: native, the GPUs this box has);
 #                 TORCH_INDEX=https://download.pytorch.org/whl/cu128 installs torch from that index first.
-#   --wheels DIR  offline: every package from DIR (wheels and the llama-cpp-python sdist), none from an index.
+#   --wheels DIR  offline: every package from DIR (wheels, the llama-cpp-python sdist and its build requirements:
+#                 scikit-build-core, ninja, cmake), none from an index.
 set -euo pipefail
 cd "$(dirname "$0")"
 gpu=0

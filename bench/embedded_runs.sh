@@ -4,6 +4,7 @@
 #   play NAME WORKERS [eval.py args...]   one eval.py run, WORKERS episodes at a time; EPISODES=n sets
 #                                         --episodes (per task, default WORKERS)
 #   finish                                wait for every run; non-zero if one failed
+#   next_gpu                              the GPU for the next job of your own (JOBS+=($!) after starting it)
 # Why processes and not a llama-server with parallel slots: a server samples its slots one after another
 # on one core, and with the grammar on 9 slots ran at 55-70 ms per generated token on the H200. A process
 # per episode samples on its own core.
@@ -19,9 +20,13 @@ if ((GPUS)) && [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/
   nvidia-cuda-mps-control -d && MPS_STARTED=1
 fi
 
+next_gpu() {  # the GPU of the next background job: they take the GPUs in turn
+  if ((GPUS)); then echo $((${#JOBS[@]} % GPUS)); fi
+}
+
 play() {
   local name=$1 workers=$2; shift 2
-  CUDA_VISIBLE_DEVICES=$( ((GPUS)) && echo $((${#JOBS[@]} % GPUS)) ) \
+  CUDA_VISIBLE_DEVICES=$(next_gpu) \
   python3 eval.py --model "$MODEL" --gpu-layers "$GPU_LAYERS" --threads 1 --grammar on --workers "$workers" \
     --episodes "${EPISODES:-$workers}" --runs-dir "$RUNS" --run-name "$name" --no-replay "$@" > "$RUNS/$name.log" 2>&1 &
   JOBS+=($!)

@@ -32,6 +32,8 @@ case $STAGE in
   train)
     for env in crafter minihack; do
       python3 train_lora.py data --runs "$RUNS/train-$env" --out "$RUNS/data/$env.jsonl"
+      # one GPU each (several visible to one process is DataParallel, which TRL's SFTTrainer refuses)
+      CUDA_VISIBLE_DEVICES=$(next_gpu) \
       python3 train_lora.py sft --data "$RUNS/data/$env.jsonl" --out "$RUNS/adapters/$env" --env $env --model "$MODEL" \
         ${SFT_ARGS:-} > "$RUNS/sft-$env.log" 2>&1 &
       JOBS+=($!)

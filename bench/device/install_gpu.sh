@@ -19,7 +19,9 @@
 # Python 3.12, less the packages that image already holds in versions that fit (torch, transformers, tokenizers,
 # huggingface-hub, pandas, scipy, matplotlib, pillow, ...); the wheels built here for the sdist-only pins (gym,
 # minihack, balrog-nle); llama-cpp-python's sdist less vendor/llama.cpp/docs, benches and the test vocabularies but
-# ggml-vocab-qwen2.gguf. Files over 50 MB travel as NAME.split-NN pieces, joined before the install.
+# ggml-vocab-qwen2.gguf, and its build requirements (scikit-build-core, ninja, and the cmake wheel: pip builds the sdist
+# in an isolated environment, which asks for cmake>=3.21 when it finds none on PATH, as on the H200; part p9).
+# Files over 50 MB travel as NAME.split-NN pieces, joined before the install.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WHEELS=${WHEELS:-/tmp/gpu_install}
