@@ -26,14 +26,20 @@ OSCILLATION_WINDOW = 8
 TURN_COUNTER = re.compile(r"\bT:\d+")  # NetHack's status line
 
 
-def progression_stats(values):
-    """Mean and standard error in %, as BALROG: population std (divide by N) / sqrt(N)."""
+def mean_se(values):
+    """Mean and standard error as BALROG computes them: population std (divide by N) / sqrt(N); None if empty."""
     n = len(values)
     if n == 0:
-        return {"mean": 0.0, "se": 0.0, "n": 0}
+        return None
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return {"mean": 100 * mean, "se": 100 * std / math.sqrt(n) if n > 1 else 0.0, "n": n}
+    return {"mean": mean, "se": std / math.sqrt(n) if n > 1 else 0.0, "n": n}
+
+
+def progression_stats(values):
+    """Mean and standard error of progressions (fractions), in %."""
+    stats = mean_se(values) or {"mean": 0.0, "se": 0.0, "n": 0}
+    return {"mean": 100 * stats["mean"], "se": 100 * stats["se"], "n": stats["n"]}
 
 
 def bootstrap_difference(a, b, paired, n=10_000, seed=0):

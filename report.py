@@ -6,6 +6,7 @@ report.py: how the runs compare. Tables and figures over finished runs (replay.p
     python report.py table runs/* --paper --latex        # the progression table as LaTeX (booktabs); table.tex with --out
     python report.py figure runs/* --paper --out report # progression per scaffold version, behaviour panels
     python report.py compare runs/a runs/b              # B - A per env (MiniHack per task), bootstrap 95% interval
+    python report.py loop2 runs/base runs/trained ...   # memory behaviour, base vs the trained specialist (loop 2)
 
 table: one row per agent (baseline, memory scaffold version, + memory model) and model, from each
 run's config.json and results.json; columns Crafter / MiniHack / NetHack, and the paper's row a run stands
@@ -14,6 +15,10 @@ loop 2); with --paper our rows follow that row. A cell shows "(done/expected)" w
 memory-behaviour metrics (metrics.py) per env.
 compare: run B's progression minus run A's per env and MiniHack task, with a bootstrap 95% interval (paired by
 seed where both ran the same episodes) and the paper's difference between the rows the two runs stand beside.
+loop2: per env and run, the memory behaviour loop 2 changes (the paper's LOG writes per SEARCH, redundant writes,
+empty searches, unproductive actions, fallbacks) as mean ± s.e. over episodes, each run's grammar setting, the
+paper's base -> trained LOG writes per SEARCH, and the card of each run's memory adapter (data hash, config, loss);
+with --out also loop2.md and loop2.{png,svg}.
 figure: progression.{png,svg} (memory runs by scaffold version, error bars = s.e.; dotted lines:
 our baselines; dashed: the paper) and behaviour.{png,svg} (first vs best memory run per env;
 first = lowest scaffold version, best = highest progression).
@@ -329,6 +334,93 @@ def compare_markdown(run_a, run_b):
 
 # ----------------------------------------------------------------------------- figures
 
+LOOP2_METRICS = {"log_writes_per_search": "LOG writes / SEARCH", "redundant_write_rate": "redundant writes",
+                 "empty_search_rate": "empty searches", "unproductive_rate": "unproductive actions",
+                 "fallback_rate": "fallbacks"}
+
+
+def adapter_card(config):
+    """card.json of a run's memory adapter (train_lora.py sft writes it beside the adapter), or None."""
+    adapter = config.get("memory_adapter")
+    card = adapter and (Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent) / "card.json"
+    return json.loads(card.read_text()) if card and card.is_file() else None
+
+
+def loop2_stats(runs):
+    """{env: [(run, {metric: mean_se over the episodes where it is defined, or None})]}, from results.json."""
+    stats = {}
+    for run in runs:
+        for env, r in run["results"]["envs"].items():
+            if any("behaviour" not in e for e in r["per_episode"]):
+                raise ValueError(f"{run['dir']}: results.json has no behaviour per episode (written by an older "
+                                 "eval.py): run its eval.py command again, which rewrites results.json")
+            per_episode = [e["behaviour"] for e in r["per_episode"]]
+            stats.setdefault(env, []).append((run, {"episodes": len(per_episode), **{
+                m: metrics.mean_se([b[m] for b in per_episode if b[m] is not None]) for m in LOOP2_METRICS}}))
+    return stats
+
+
+def grammar_text(config, env):
+    return f"grammar {'on' if config['scaffolds'][env]['grammar'] else 'off'}"
+
+
+def loop2_label(config, env):
+    return f"{agent_label(config)}, {grammar_text(config, env)}"
+
+
+def loop2_kind(config, env):
+    return f"{'trained specialist' if two_model(config) else 'base'}, {grammar_text(config, env)}"
+
+
+def loop2_markdown(stats):
+    def cell(c, episodes):
+        return "n/a" if c is None else f"{c['mean']:.3f} ± {c['se']:.3f}" + (f" (n={c['n']})" if c["n"] < episodes else "")
+    head = ["run", "agent", "episodes", "progression (%)"] + list(LOOP2_METRICS.values())
+    lines = ["## Loop 2: memory behaviour, base vs trained (mean ± s.e. over episodes; n = episodes that define it)"]
+    for env, rows in stats.items():
+        base, trained = PAPER_WRITES_PER_SEARCH[env]
+        body = [[run["results"]["run"], loop2_label(run["config"], env), str(st["episodes"]),
+                 cell_text({**run["results"]["envs"][env]["progression"], "expected": None})]
+                + [cell(st[m], st["episodes"]) for m in LOOP2_METRICS]
+                for run, st in rows]
+        body.append(["paper", "Qwen2.5-32B-Instruct: base -> trained", "", "", f"{base:.2f} -> {trained:.2f}"]
+                    + ["–"] * (len(LOOP2_METRICS) - 1))
+        lines += ["", f"### {ENV_TITLES[env]}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    cards = {run["results"]["run"]: card for rows in stats.values() for run, _ in rows if (card := adapter_card(run["config"]))}
+    if cards:
+        lines += ["", "Memory adapters (train_lora.py sft cards):", ""]
+        lines += [f"- {name}: run {c['run_id']}, base {Path(c['base_model']).name}, data sha256 {c['data_sha256'][:12]} "
+                  f"({c['examples']} examples), rank {c['config']['rank']}, lr {c['config']['lr']}, "
+                  f"{c['config']['epochs']} epochs, {c['steps']} steps, eval loss {c['loss_before']:.4f} -> {c['loss_after']:.4f}"
+                  for name, c in cards.items()]
+    return "\n".join(lines) + "\n"
+
+
+def loop2_figure(stats, out):
+    """loop2.{png,svg}: a panel per metric, per env a bar per run (coloured by base / trained specialist and grammar)
+    with its s.e.; the paper's LOG writes per SEARCH, base -> trained."""
+    envs = list(stats)
+    kinds = sorted({loop2_kind(run["config"], env) for env in envs for run, _ in stats[env]})
+    fig, axes = plt.subplots(1, len(LOOP2_METRICS), figsize=(4 * len(LOOP2_METRICS), 4.6), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], LOOP2_METRICS.items()):
+        for i, env in enumerate(envs):
+            width = 0.8 / len(stats[env])
+            for j, (run, st) in enumerate(stats[env]):
+                c, kind = st[metric], loop2_kind(run["config"], env)
+                ax.bar(i - 0.4 + width * (j + 0.5), c["mean"] if c else np.nan, width, yerr=c["se"] if c else None,
+                       capsize=3, color=f"C{kinds.index(kind)}", label=kind)
+            if metric == "log_writes_per_search":
+                base, trained = PAPER_WRITES_PER_SEARCH[env]
+                ax.plot([i - 0.3, i + 0.3], [base, trained], "k--", marker="x", label="paper: base -> trained")
+        ax.set_xticks(range(len(envs)), [ENV_TITLES[e] for e in envs])
+        ax.set_title(title)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one entry per kind
+    axes[0][0].legend(unique.values(), unique.keys(), fontsize=7)
+    return save_figure(fig, out / "loop2")
+
+
 def progression_figure(runs, out, paper=False):
     """progression.{png,svg}: per env, memory runs by scaffold version (one line per model); returns the points."""
     envs = [e for e in ENVS if any(e in r["results"]["envs"] for r in runs)]
@@ -448,10 +540,22 @@ def main(argv=None):
     s = sub.add_parser("compare", help="progression of run B minus run A with a bootstrap 95%% interval")
     s.add_argument("run_a", help="runs/<name> (A, e.g. v0)")
     s.add_argument("run_b", help="runs/<name> (B, e.g. the converged scaffold)")
+    s = sub.add_parser("loop2", help="memory behaviour of base and trained-specialist runs, mean ± s.e. per episode")
+    s.add_argument("runs", nargs="+", help="run directories: the base run(s), then the two-model run(s)")
+    s.add_argument("--out", help="folder for loop2.md and loop2.{png,svg}")
     args = p.parse_args(argv)
     try:
         if args.command == "compare":
             print(compare_markdown(*(load_runs([d])[0] for d in (args.run_a, args.run_b))))
+            return
+        if args.command == "loop2":
+            stats = loop2_stats(load_runs(args.runs))
+            md = loop2_markdown(stats)
+            print(md)
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "loop2.md").write_text(md)
+                print("wrote " + ", ".join(map(str, [Path(args.out) / "loop2.md", *loop2_figure(stats, Path(args.out))])))
             return
         runs = load_runs(args.runs)
         out = Path(args.out or ("report" if args.command == "figure" else ""))

@@ -5,7 +5,7 @@
 #   bash bench/loop2_mini.sh traces runs/loop2   # base agent, training seeds
 #   bash bench/loop2_mini.sh train runs/loop2        # data engine, then LoRA SFT on the GPU (+ adapter.gguf)
 #   bash bench/loop2_mini.sh eval runs/loop2     # two-model runs on the evaluation seeds
-#   python report.py table runs/table/crafter-v5 runs/table/minihack-v4 runs/loop2/eval-*
+#   python report.py loop2 runs/table/crafter-v5 runs/table/minihack-v4 runs/loop2/eval-* --out report
 #
 # Scaffolds: the converged ones (crafter v5, minihack v4), whose two-model split is the authors'.
 # Training seeds: train_seeds.txt (disjoint from seeds.txt); 10 Crafter episodes of 300 steps, 10 per

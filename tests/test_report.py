@@ -251,11 +251,14 @@ def test_metrics_on_a_real_trace(traces):
 
 # ----------------------------------------------------------------------------- table and figures
 
-def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=None, started="1", context="full"):
-    """A run directory as eval.py leaves it: hand-made traces, results.json from eval.summarize."""
+def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=None, started="1", context="full",
+             log_writes=None, memory_adapter=None):
+    """A run directory as eval.py leaves it: hand-made traces, results.json from eval.summarize. Each step's LOG
+    makes log_writes[episode] writes (default 1) and two searches (0 and 3 matches)."""
     config = {"run_name": name, "agent": agent, "backend": {"model": "/m/SmolLM2-135M-Instruct.Q4_1.gguf"}, "context": context,
-              "memory_adapter": None, "memory_model": None, "limits": {}, "started": started,
-              "scaffolds": {env: {"path": f"scaffolds/{env}/{version}", "name": f"{env}-{version}"} for env in env_progressions},
+              "memory_adapter": memory_adapter, "memory_model": None, "limits": {}, "started": started,
+              "scaffolds": {env: {"path": f"scaffolds/{env}/{version}", "name": f"{env}-{version}", "grammar": True}
+                            for env in env_progressions},
               "jobs": []}
     for env, tasks in env_progressions.items():
         for task, values in tasks.items():
@@ -266,7 +269,8 @@ def make_run(runs_dir, name, agent, env_progressions, version="v0", expected=Non
                     continue
                 header, steps, end = episode(["a", "b", "a"], "c", env=env, task=task)
                 header["seed"], end["progression"] = job["seed"], v
-                with_calls((header, steps, end), log=lambda t: [write_ops(1), searches(0, 3)])
+                writes = log_writes[i] if log_writes else 1
+                with_calls((header, steps, end), log=lambda t: [write_ops(writes), searches(0, 3)])
                 write_trace(run_folder.trace_path(runs_dir / name, job), header, steps, end)
     evaluation.summarize(config, runs_dir / name)
     (runs_dir / name / "config.json").write_text(json.dumps(config))
@@ -348,6 +352,44 @@ def test_compare_pairs_by_seed_with_a_bootstrap_interval(tmp_path, capsys):
     # Crafter: different seeds -> unpaired; 15 % -> 30 %; no paper row for crafter v4
     assert "| Crafter | all | 2 / 1 | unpaired | +15.00 | [+10.00, +20.00] | – |" in md
     assert report.metrics.bootstrap_difference([0, 1], [0, 1], paired=True) == (0.0, 0.0, 0.0)
+
+
+def test_loop2_behaviour_base_vs_trained(tmp_path, capsys):
+    d, adapter = tmp_path / "runs", tmp_path / "adapters" / "crafter"
+    adapter.mkdir(parents=True)
+    (adapter / "card.json").write_text(json.dumps({
+        "run_id": "d3b7f249d596", "base_model": "/m/SmolLM2-135M-Instruct.Q4_1.gguf", "data_sha256": "fcb90c83f351" + "0" * 52,
+        "examples": 642, "config": {"rank": 128, "lr": 5e-05, "epochs": 3}, "steps": 117, "loss_before": 0.6814,
+        "loss_after": 0.4}))
+    base = make_run(d, "base", "memory", {"crafter": {"default": [0.1, 0.2]}}, started="1")
+    trained = make_run(d, "trained", "memory", {"crafter": {"default": [0.2, 0.3]}}, started="2", log_writes=[0, 1],
+                       memory_adapter=str(adapter / "adapter.gguf"))
+    out = tmp_path / "out"
+    report.main(["loop2", str(base), str(trained), "--out", str(out)])
+    md = (out / "loop2.md").read_text()
+    # each step: LOG writes (1, or 0 in the trained run's first episode) and 2 searches, 1 of them empty;
+    # observations a, b, a: 1 of 3 steps unproductive
+    assert "| base | memory v0, grammar on | 2 | 15.00 ± 3.54 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.500 ± 0.000 " \
+           "| 0.333 ± 0.000 | 0.000 ± 0.000 |" in md
+    # per episode 0.0 and 0.5 writes per SEARCH: mean 0.25, population std 0.25 / sqrt(2); no write, no redundancy rate
+    assert "| trained | memory v0 + memory model (adapter.gguf), grammar on | 2 | 25.00 ± 3.54 | 0.250 ± 0.177 " \
+           "| 0.000 ± 0.000 (n=1) | 0.500 ± 0.000 |" in md
+    assert "| paper | Qwen2.5-32B-Instruct: base -> trained |  |  | 0.84 -> 0.39 |" in md
+    assert "- trained: run d3b7f249d596, base SmolLM2-135M-Instruct.Q4_1.gguf, data sha256 fcb90c83f351 (642 examples), " \
+           "rank 128, lr 5e-05, 3 epochs, 117 steps, eval loss 0.6814 -> 0.4000" in md
+    svg = (out / "loop2.svg").read_text()
+    for text in ("LOG writes / SEARCH", "fallbacks", "base, grammar on", "trained specialist, grammar on",
+                 "paper: base -&gt; trained"):
+        assert text in svg, text
+    results = json.loads((base / "results.json").read_text())  # one an older eval.py wrote: a one-line error
+    for e in results["envs"]["crafter"]["per_episode"]:
+        del e["behaviour"]
+    (base / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as e:
+        report.main(["loop2", str(base), str(trained)])
+    assert e.value.code == 2 and "run its eval.py command again" in capsys.readouterr().err
+    assert metrics.mean_se([]) is None and metrics.mean_se([0.5, 1.0]) == \
+        {"mean": 0.75, "se": pytest.approx(0.25 / 2 ** 0.5), "n": 2}
 
 
 def test_figures_plot_the_numbers(runs, tmp_path):
