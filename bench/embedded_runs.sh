@@ -14,14 +14,20 @@
 # processes on 2 H200: 95 tokens/s each without MPS, 282 with it (294 alone).
 MODEL=${MODEL:-$(python3 -c "import llm; print(llm.DEFAULT_MODEL)")}
 GPU_LAYERS=${GPU_LAYERS:--1}
-GPUS=$( ( [ "$GPU_LAYERS" != 0 ] && nvidia-smi -L 2>/dev/null) | grep -c '^GPU' || true)
+# The GPUs the jobs take in turn: those CUDA_VISIBLE_DEVICES names (pin a script to some), else every one
+if [ "$GPU_LAYERS" = 0 ]; then GPU_IDS=(); elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+  IFS=, read -ra GPU_IDS <<< "$CUDA_VISIBLE_DEVICES"
+else
+  read -ra GPU_IDS <<< "$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | tr '\n' ' ')"
+fi
+GPUS=${#GPU_IDS[@]}
 JOBS=()
 if ((GPUS)) && [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   nvidia-cuda-mps-control -d && MPS_STARTED=1
 fi
 
 next_gpu() {  # the GPU of the next background job: they take the GPUs in turn
-  if ((GPUS)); then echo $((${#JOBS[@]} % GPUS)); fi
+  if ((GPUS)); then echo "${GPU_IDS[${#JOBS[@]} % GPUS]}"; fi
 }
 
 play() {

@@ -13,7 +13,8 @@
 # bench/embedded_table.sh, whose converged rows are the base rows. A second pair of rows plays the
 # specialist with --grammar off (the base model's fallback rate without grammar is 1.0).
 # Smaller (e.g. a CPU check of the whole chain): CRAFTER_STEPS, MAZE_STEPS, TRAIN_EPISODES (per task),
-# EVAL_EPISODES (per task) and SFT_ARGS (extra train_lora.py sft flags, e.g. "--max-steps 2").
+# EVAL_EPISODES (per task) and SFT_ARGS (extra train_lora.py sft flags, e.g. "--max-steps 2"). ENVS="minihack"
+# runs a stage for that env alone (one chain per env can then run on its own GPU: CUDA_VISIBLE_DEVICES=1 ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: bash bench/loop2_mini.sh traces|train|eval RUNS-DIR}
@@ -21,16 +22,20 @@ RUNS=${2:-runs/loop2}
 mkdir -p "$RUNS"
 source bench/embedded_runs.sh
 TRAIN_EPISODES=${TRAIN_EPISODES:-10}
+ENVS=${ENVS:-crafter minihack}
+wants() { [[ " $ENVS " == *" $1 "* ]]; }
 CRAFTER=(--env crafter --max-steps "${CRAFTER_STEPS:-300}" --scaffold scaffolds/crafter/v5)
 MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps "${MAZE_STEPS:-100}"
        --scaffold scaffolds/minihack/v4)
 case $STAGE in
   traces)
-    play train-crafter "$TRAIN_EPISODES" "${CRAFTER[@]}" --seeds train_seeds.txt
-    EPISODES=$TRAIN_EPISODES play train-minihack $((2 * TRAIN_EPISODES)) "${MAZES[@]}" --seeds train_seeds.txt
+    if wants crafter; then play train-crafter "$TRAIN_EPISODES" "${CRAFTER[@]}" --seeds train_seeds.txt; fi
+    if wants minihack; then
+      EPISODES=$TRAIN_EPISODES play train-minihack $((2 * TRAIN_EPISODES)) "${MAZES[@]}" --seeds train_seeds.txt
+    fi
     finish ;;
   train)
-    for env in crafter minihack; do
+    for env in $ENVS; do
       python3 train_lora.py data --runs "$RUNS/train-$env" --out "$RUNS/data/$env.jsonl"
       # one GPU each (several visible to one process is DataParallel, which TRL's SFTTrainer refuses)
       CUDA_VISIBLE_DEVICES=$(next_gpu) \
@@ -43,10 +48,14 @@ case $STAGE in
     CRAFTER+=(--memory-adapter "$RUNS/adapters/crafter/adapter.gguf")
     MAZES+=(--memory-adapter "$RUNS/adapters/minihack/adapter.gguf")
     crafter=${EVAL_EPISODES:-3} mazes=${EVAL_EPISODES:-5}  # the evaluation seeds bench/embedded_table.sh plays
-    play eval-crafter-v5-2model "$crafter" "${CRAFTER[@]}"
-    play eval-crafter-v5-2model-nogrammar "$crafter" "${CRAFTER[@]}" --grammar off
-    EPISODES=$mazes play eval-minihack-v4-2model $((2 * mazes)) "${MAZES[@]}"
-    EPISODES=$mazes play eval-minihack-v4-2model-nogrammar $((2 * mazes)) "${MAZES[@]}" --grammar off
+    if wants crafter; then
+      play eval-crafter-v5-2model "$crafter" "${CRAFTER[@]}"
+      play eval-crafter-v5-2model-nogrammar "$crafter" "${CRAFTER[@]}" --grammar off
+    fi
+    if wants minihack; then
+      EPISODES=$mazes play eval-minihack-v4-2model $((2 * mazes)) "${MAZES[@]}"
+      EPISODES=$mazes play eval-minihack-v4-2model-nogrammar $((2 * mazes)) "${MAZES[@]}" --grammar off
+    fi
     finish ;;
   *) echo "unknown stage $STAGE: traces, train or eval" >&2; exit 2 ;;
 esac
