@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import llm_core
 import memory_fs
 import scaffold_spec
 import trace_format
@@ -215,9 +216,9 @@ class Agent:
         Returns (its trace_format.Routine, the gate's refusals: PLAN actions check_action sent back)."""
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": user_text}]
-        turns = []
+        turns, consult_error = [], None
         if self.two_model and name == "plan":  # stage 1 of the split: the memory model consults memory first
-            turns, messages = self.consult(messages, step)
+            turns, messages, consult_error = self.consult(messages, step)
         action, ended, gate, n_turns = None, "limit", [], self.limits[f"{name}_turns"]
         for k in range(n_turns):
             turn = self.call(name, messages, step, len(turns), memory_model=self.two_model and name == "log",
@@ -242,16 +243,21 @@ class Agent:
                 answer = self.fill_continue(name, turn.shown)
             messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": answer}]
         return {"turns": turns, "ended": ended, "action": action,
-                **({"template": template} if template and template != name else {})}, gate
+                **({"template": template} if template and template != name else {}),
+                **({"consult_error": consult_error} if consult_error else {})}, gate
 
     def consult(self, messages, step):
         """Stage 1 of the two-model split: the memory model reads memory in the PLAN chat, up to plan_turns calls,
-        until it proposes an action (dropped: the base model commits) or writes no op PLAN allows. Returns its
-        calls and the chat the base model takes over: with a hand-off message, or as it stands once the calls
-        are spent."""
+        until it proposes an action (dropped: the base model commits) or writes no op PLAN allows. A failed call
+        (e.g. the specialist's own server down, after the backend's retries) ends it, as in the authors' split.
+        Returns its calls, the chat the base model takes over (with a hand-off message, or as it stands once the
+        calls are spent or one failed) and the failure's text (None)."""
         turns, n_turns = [], self.limits["plan_turns"]
         for k in range(n_turns):
-            turn = self.call("plan", messages, step, k, memory_model=True, last=False)
+            try:
+                turn = self.call("plan", messages, step, k, memory_model=True, last=False)
+            except llm_core.BackendError as e:
+                return turns, messages, str(e)
             turns.append(turn.call)
             reply = turn.call["reply"]
             if turn.stop is None and turn.allowed_op:
@@ -266,7 +272,7 @@ class Agent:
                        else self.texts["handoff"])
             messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": handoff}]
             break
-        return turns, messages
+        return turns, messages, None
 
     def call(self, name, messages, step, turn, memory_model, last):
         """One model call of a routine, then the ops of its reply, in the order written: PLAN stops at its ACTION,

@@ -57,6 +57,7 @@ class Routine(TypedDict):
     ended: Literal["action", "done", "no_op", "limit"]
     action: str | None    # PLAN's committed action (None: it never committed)
     template: NotRequired[str]  # the PLAN template a before_plan hook picked, when not the routine's own
+    consult_error: NotRequired[str]  # two-model PLAN: the memory model's call that failed and ended its consultation
 
 
 class Gate(TypedDict):

@@ -1,5 +1,6 @@
 """The inner agent on real Crafter with the scripted backend: LOG writes, PLAN reads, fallback,
 hooks (stuck notice, action gate), two-model split, baselines, scaffold validation."""
+import ast
 import re
 import shutil
 from pathlib import Path
@@ -371,6 +372,47 @@ def test_reset_refuses_a_linked_memory_folder(tmp_path, game):
     with pytest.raises(ValueError, match="symbolic link"):
         agent.reset()
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]  # nothing deleted or written through the link
+
+
+def test_a_failed_consultation_leaves_the_plan_to_the_base_model(tmp_path, game):
+    def specialist_down(messages):
+        raise llm.BackendError("openai backend: chat at http://127.0.0.1:6211/v1 failed after 3 attempts")
+    agent, recs, _ = play(tmp_path, game, ["<|ACTION|>Do<|END|>"], steps=1,
+                          memory_llm=llm.load("scripted", replies=specialist_down))
+    plan = recs[0]["plan"]
+    assert recs[0]["action"] == "Do" and [t["model"] for t in plan["turns"]] == ["base"]
+    assert "127.0.0.1:6211/v1 failed after 3 attempts" in plan["consult_error"]
+    # the base model answers the PLAN prompt itself: no hand-off message
+    assert plan["turns"][0]["messages"][0]["content"].endswith(agent.scaffold["prompts"]["plan"][-40:])
+
+
+def test_two_model_gates_check_only_the_base_models_commit(tmp_path, game):
+    scaffold = hooked_scaffold(tmp_path, "def check_action(ctx, action):\n    return 'no sleeping' if action == 'Sleep' else None\n")
+    agent, recs, _ = play(tmp_path, game, ["<|ACTION|>Sleep<|END|>", "<|ACTION|>Do<|END|>"], steps=1, scaffold=scaffold,
+                          memory_llm=llm.load("scripted", replies=["<|ACTION|>Sleep<|END|>"]))
+    plan = recs[0]["plan"]
+    assert [t["model"] for t in plan["turns"]] == ["memory", "base", "base"] and plan["turns"][0]["dropped_action"] == "Sleep"
+    # the specialist's Sleep is dropped unchecked; the base model's Sleep is sent back (turn 1), its Do commits
+    assert [(g["action"], g["turn"]) for g in recs[0]["gate"]] == [("Sleep", 1)] and recs[0]["action"] == "Do"
+
+
+def literal_strings(source):
+    """The string constants of a Python source that are not docstrings: the texts its code can produce."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+@pytest.mark.parametrize("scaffold", ["crafter/v5", "minihack/v4", "nethack/v2"])
+def test_converged_scaffolds_write_ascii_only(scaffold):
+    """The converged scaffolds put ASCII where v0 had an em-dash, arrows or a warning sign: in every prompt and
+    text of scaffold.yaml and every string hooks.py can write."""
+    folder = ROOT / "scaffolds" / scaffold
+    texts = [(folder / "scaffold.yaml").read_text()] + literal_strings((folder / "hooks.py").read_text())
+    assert [t for t in texts if not t.isascii()] == []
 
 
 def test_two_model_budgets_as_theirs(tmp_path, game):

@@ -204,6 +204,20 @@ def test_files_and_texts_of_v2():
     assert "current_status.txt and inventory.txt are rewritten by the program at every step" in plan
 
 
+def test_log_rules_and_instruction_additions_of_v2():
+    """The prompt rules v2 added (reference §3.3): a tripwire for each, as these mechanisms are text the model reads."""
+    log, plan = SCAFFOLD["prompts"]["log"], SCAFFOLD["prompts"]["plan"]
+    assert "Only FIXED terrain goes there" in log and "Never monsters or pets" in log  # the map holds terrain only
+    assert "ALWAYS record them in dungeon_map.txt AND append them to strategy.txt" in log  # '>' in both files
+    assert "Append to it ONLY when you learn something really new and important" in log  # strategy: big insights only
+    assert "Log only meetings with HOSTILE monsters" in log and "tame pet" in log
+    assert "NOTHING worth noting happened" in log and "output <|DONE|> at once" in log  # quick DONE after a dull move
+    assert "ANSWERS TO MENUS AND PROMPTS: esc" in plan and "y, n, 0-9" in plan  # menus and yes/no questions
+    assert "old or rotten corpses POISON and KILL you" in plan and "NEVER eat while" in plan  # corpse safety
+    assert "When FoodPois or Ill shows, quaff a healing potion or pray at once" in plan
+    assert "find the stairs down '>' and get as deep as you can" in plan  # descend at once
+
+
 def test_repair_is_v0s():
     assert hooks.repair_action(None, "eat d") == "eat" and hooks.repair_action(None, "far east") == "far east"
 
