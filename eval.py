@@ -338,7 +338,7 @@ def summarize(config, run_dir):
             "tasks": {t: metrics.progression_stats(v) for t, v in tasks.items()},
             "episodes": len(episodes), "expected_episodes": expected,
             "per_episode": [{"task": ep[0]["task"], "seed": ep[0]["seed"], "progression": ep[2]["progression"],
-                             "behaviour": metrics.behaviour([ep])} for ep in episodes],
+                             "behaviour": metrics.behaviour([ep], timed=False)} for ep in episodes],
             "success_rule_disagreements": sum(ep[2]["success"] != ep[2]["success_balrog"]
                                               for ep in episodes if ep[2]["success"] is not None),
             "steps": sum(ep[2]["steps"] for ep in episodes),

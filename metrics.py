@@ -134,8 +134,9 @@ def per_step(episodes, key):
     return ratio(sum(c[key] for _, steps, _ in episodes for c in calls(steps)), n_steps)
 
 
-def behaviour(episodes):
-    """All behaviour and cost metrics of a set of episodes, as a flat dict."""
+def behaviour(episodes, timed=True):
+    """All behaviour and cost metrics of a set of episodes, as a flat dict; timed=False leaves out the wall-clock
+    seconds per step (what a re-run of the same episode must reproduce)."""
     return {
         "unproductive_rate": unproductive_rate(episodes),
         "redundant_write_rate": redundant_write_rate(episodes),
@@ -146,7 +147,7 @@ def behaviour(episodes):
         "llm_calls_per_step": per_step(episodes, "calls"),
         "input_tokens_per_step": per_step(episodes, "prompt_tokens"),
         "output_tokens_per_step": per_step(episodes, "completion_tokens"),
-        "seconds_per_step": per_step(episodes, "seconds"),
+        **({"seconds_per_step": per_step(episodes, "seconds")} if timed else {}),
     }
 
 
