@@ -24,8 +24,8 @@ With `grammar: true` in scaffold.yaml every call is constrained to the op syntax
 call an action), for models too small to follow the format (the embedded 135M one).
 Two-model split (loop 2, the authors' *_twomodel): `memory_llm` (+ `memory_adapter`) runs LOG and the
 memory consultation of PLAN (up to `plan_turns` calls); an action it proposes is dropped, a hand-off message
-closes the consultation (a failed call ends it without one), and the base `llm` continues the same PLAN chat (up to `plan_turns` more calls,
-gates apply) and commits the world action.
+closes the consultation (a failed call ends it without one), and the base `llm` continues the same PLAN chat
+(up to `plan_turns` more calls, gates apply) and commits the world action.
 `context="memory-only"` (the ablation) runs a scaffold with its programmatic context off: no observe,
 before_*/after_log or check_action hooks; its prompts, files, ops, repair and custom ops stay.
 

@@ -385,8 +385,7 @@ def loop2_markdown(stats):
                 for run, st in rows]
         body.append(["paper", "Qwen2.5-32B-Instruct: base -> trained", "", "", f"{base:.2f} -> {trained:.2f}"]
                     + ["–"] * (len(LOOP2_METRICS) - 1))
-        lines += ["", f"### {ENV_TITLES[env]}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += ["", f"### {ENV_TITLES[env]}", "", cli.markdown_table(head, body)]
     cards = {run["results"]["run"]: card for rows in stats.values() for run, _ in rows if (card := adapter_card(run["config"]))}
     if cards:
         lines += ["", "Memory adapters (train_lora.py sft cards):", ""]
@@ -548,15 +547,6 @@ def main(argv=None):
         if args.command == "compare":
             print(compare_markdown(*(load_runs([d])[0] for d in (args.run_a, args.run_b))))
             return
-        if args.command == "loop2":
-            stats = loop2_stats(load_runs(args.runs))
-            md = loop2_markdown(stats)
-            print(md)
-            if args.out:
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                (Path(args.out) / "loop2.md").write_text(md)
-                print("wrote " + ", ".join(map(str, [Path(args.out) / "loop2.md", *loop2_figure(stats, Path(args.out))])))
-            return
         runs = load_runs(args.runs)
         out = Path(args.out or ("report" if args.command == "figure" else ""))
         if args.out or args.command == "figure":
@@ -571,6 +561,13 @@ def main(argv=None):
                 if tex:
                     (out / "table.tex").write_text(tex)
                 print(f"wrote {out / 'table.md'}, table.csv, minihack_tasks.csv, behaviour.csv" + (", table.tex" if tex else ""))
+        elif args.command == "loop2":
+            stats = loop2_stats(runs)
+            md = loop2_markdown(stats)
+            print(md)
+            if args.out:
+                (out / "loop2.md").write_text(md)
+                print("wrote " + ", ".join(map(str, [out / "loop2.md", *loop2_figure(stats, out)])))
         else:
             _, paths = progression_figure(runs, out, args.paper)
             _, more = behaviour_figure(runs, out, args.paper)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Device proof of `bash install.sh --gpu` on a box with no network (the lent H200: Python 3.12, its image's CUDA torch
 # and transformers 5.17): the wheelhouse comes in parts of at most 55 MB (one carry each) and gathers in
-# /tmp/gpu_install (outside the repo copy, which each call replaces, so it stays while the machine is warm); then install.sh --gpu --wheels
-# installs from it, and `check` loads the embedded SmolLM2 in 4 bits through bitsandbytes on CUDA and with every layer
-# on the GPU through the CUDA build of llama.cpp. Results: $OUT/install_gpu.json, logs beside it.
+# /tmp/gpu_install (outside the repo copy, which each call replaces, so it stays while the machine is warm); then
+# install.sh --gpu --wheels installs from it, and `check` loads the embedded SmolLM2 in 4 bits through bitsandbytes on
+# CUDA and with every layer on the GPU through the CUDA build of llama.cpp.
+# Results: $OUT/install_gpu.json, logs beside it.
 #
 # Usage, at the repo root on the device:
 #   bash bench/device/install_gpu.sh stash PART     # one carried part (.gpu/gpu_install/pK) into the wheelhouse
