@@ -375,8 +375,11 @@ def free_port():
 def run(args):
     faulthandler.enable()  # a crash inside llama.cpp prints the Python stack that led there
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # `timeout`: stop the server, report
-    os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir(args.prefix))
-    sys.path.insert(0, str(Path(args.prefix) / "lcp"))  # llama-cpp-python's package, from the sdist
+    if lib_dir(args.prefix).is_dir():  # `build`'s libllama and llama-cpp-python's package from its sdist;
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir(args.prefix))  # else the installed one (install.sh --gpu)
+        sys.path.insert(0, str(Path(args.prefix) / "lcp"))
+    elif args.path == "server":
+        sys.exit(f"error: no llama-server under {lib_dir(args.prefix)}: run `gpu_cost.py build` first (or --prefix)")
     import envs
     import eval as evaluation
     import llm
