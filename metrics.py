@@ -115,6 +115,13 @@ def log_writes_per_search(episodes):
     return ratio(sum(name in memory_fs.WRITE_OPS for name, _ in ops), sum(name == "SEARCH" for name, _ in ops))
 
 
+def failed_log_op_rate(episodes):
+    """Share of the ops LOG's replies held that did not execute (unknown op, missing or bad arguments, no such file):
+    whether the memory writer speaks the op language, which the grammar otherwise enforces."""
+    ops = [r for _, steps, _ in episodes for _, r in op_results(steps, "log")]
+    return ratio(sum(not r["ok"] for r in ops), len(ops))
+
+
 def invalid_action_rate(episodes):
     steps = [s for _, steps, _ in episodes for s in steps]
     return ratio(sum(not s["valid"] for s in steps), len(steps))
@@ -142,6 +149,7 @@ def behaviour(episodes, timed=True):
         "redundant_write_rate": redundant_write_rate(episodes),
         "empty_search_rate": empty_search_rate(episodes),
         "log_writes_per_search": log_writes_per_search(episodes),
+        "failed_log_op_rate": failed_log_op_rate(episodes),
         "invalid_action_rate": invalid_action_rate(episodes),
         "fallback_rate": fallback_rate(episodes),
         "llm_calls_per_step": per_step(episodes, "calls"),

@@ -335,15 +335,22 @@ def compare_markdown(run_a, run_b):
 # ----------------------------------------------------------------------------- figures
 
 LOOP2_METRICS = {"log_writes_per_search": "LOG writes / SEARCH", "redundant_write_rate": "redundant writes",
-                 "empty_search_rate": "empty searches", "unproductive_rate": "unproductive actions",
-                 "fallback_rate": "fallbacks"}
+                 "empty_search_rate": "empty searches", "failed_log_op_rate": "failed LOG ops",
+                 "unproductive_rate": "unproductive actions", "fallback_rate": "fallbacks"}
 
 
-def adapter_card(config):
-    """card.json of a run's memory adapter (train_lora.py sft writes it beside the adapter), or None."""
-    adapter = config.get("memory_adapter")
-    card = adapter and (Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent) / "card.json"
-    return json.loads(card.read_text()) if card and card.is_file() else None
+def adapter_card(run):
+    """card.json of a run's memory adapter (train_lora.py sft writes it beside the adapter), or None. Where the
+    recorded path is gone (a RUNS tree of bench/loop2_mini.sh copied off the GPU box), the same place relative to the
+    run: RUNS/adapters/<env>/card.json beside RUNS/<run>."""
+    adapter = run["config"].get("memory_adapter")
+    if not adapter:
+        return None
+    folder = Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent
+    for card in (folder / "card.json", Path(run["dir"]).parent / "adapters" / folder.name / "card.json"):
+        if card.is_file():
+            return json.loads(card.read_text())
+    return None
 
 
 def loop2_stats(runs):
@@ -386,7 +393,7 @@ def loop2_markdown(stats):
         body.append(["paper", "Qwen2.5-32B-Instruct: base -> trained", "", "", f"{base:.2f} -> {trained:.2f}"]
                     + ["–"] * (len(LOOP2_METRICS) - 1))
         lines += ["", f"### {ENV_TITLES[env]}", "", cli.markdown_table(head, body)]
-    cards = {run["results"]["run"]: card for rows in stats.values() for run, _ in rows if (card := adapter_card(run["config"]))}
+    cards = {run["results"]["run"]: card for rows in stats.values() for run, _ in rows if (card := adapter_card(run))}
     if cards:
         lines += ["", "Memory adapters (train_lora.py sft cards):", ""]
         lines += [f"- {name}: run {c['run_id']}, base {Path(c['base_model']).name}, data sha256 {c['data_sha256'][:12]} "

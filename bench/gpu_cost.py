@@ -205,7 +205,9 @@ def write_gguf(args):
 # ----------------------------------------------------------------------------- measuring
 
 class GpuMemory:
-    """Peak used GPU memory (all processes, nvidia-smi polled every 0.5 s) while the block runs."""
+    """Peak used memory of the GPU this process runs on (the first CUDA_VISIBLE_DEVICES names; all processes on it,
+    nvidia-smi polled every 0.5 s) while the block runs. nvidia-smi ignores CUDA_VISIBLE_DEVICES: without -i it
+    answered GPU 0's number for a run on GPU 1."""
 
     def __enter__(self):
         self.peak_mib, self.stop = 0, threading.Event()
@@ -216,7 +218,8 @@ class GpuMemory:
     def poll(self):
         while not self.stop.wait(0.5):
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+                out = subprocess.run(["nvidia-smi", "-i", gpu, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=10).stdout
                 self.peak_mib = max(self.peak_mib, int(out.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):

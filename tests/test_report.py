@@ -136,6 +136,16 @@ def test_log_writes_per_search_counts_log_only():
     assert per_search([write_ops(3)], plan_calls=[searches(1)]) is None  # writes, never a LOG search: undefined
 
 
+def test_failed_log_op_rate_counts_log_only():
+    def rate(log_calls, plan_calls=()):
+        ep = with_calls(episode(["a", "b"], "c"), log=lambda t: list(log_calls), plan=lambda t: list(plan_calls))
+        return metrics.failed_log_op_rate([ep])
+    assert rate([write_ops(3)]) == 0.0
+    assert rate([write_ops(1, n_failed=3)]) == 0.75
+    assert rate([write_ops(1)], plan_calls=[write_ops(0, n_failed=5)]) == 0.0  # PLAN's failures don't count
+    assert rate([call()]) is None  # LOG's replies held no op: undefined
+
+
 def test_invalid_action_rate(tmp_path):
     def rate(valid):
         ep = episode(list("abcd"), "e")
@@ -165,7 +175,7 @@ def test_behaviour_reports_every_metric_by_name():
         s["fallback"], s["seconds"] = fallback, seconds  # the step's own seconds, not its calls' (0.1 each)
     assert metrics.behaviour([ep]) == {
         "unproductive_rate": 0.0, "redundant_write_rate": None, "empty_search_rate": None,
-        "log_writes_per_search": None, "invalid_action_rate": 0.0, "fallback_rate": 0.5, "llm_calls_per_step": 1.0,
+        "log_writes_per_search": None, "failed_log_op_rate": None, "invalid_action_rate": 0.0, "fallback_rate": 0.5, "llm_calls_per_step": 1.0,
         "input_tokens_per_step": 10.0, "output_tokens_per_step": 3.0, "seconds_per_step": 2.0}
 
 
@@ -370,13 +380,16 @@ def test_loop2_behaviour_base_vs_trained(tmp_path, capsys):
     # each step: LOG writes (1, or 0 in the trained run's first episode) and 2 searches, 1 of them empty;
     # observations a, b, a: 1 of 3 steps unproductive
     assert "| base | memory v0, grammar on | 2 | 15.00 ± 3.54 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.500 ± 0.000 " \
-           "| 0.333 ± 0.000 | 0.000 ± 0.000 |" in md
+           "| 0.000 ± 0.000 | 0.333 ± 0.000 | 0.000 ± 0.000 |" in md
     # per episode 0.0 and 0.5 writes per SEARCH: mean 0.25, population std 0.25 / sqrt(2); no write, no redundancy rate
     assert "| trained | memory v0 + memory model (adapter.gguf), grammar on | 2 | 25.00 ± 3.54 | 0.250 ± 0.177 " \
            "| 0.000 ± 0.000 (n=1) | 0.500 ± 0.000 |" in md
     assert "| paper | Qwen2.5-32B-Instruct: base -> trained |  |  | 0.84 -> 0.39 |" in md
     assert "- trained: run d3b7f249d596, base SmolLM2-135M-Instruct.Q4_1.gguf, data sha256 fcb90c83f351 (642 examples), " \
            "rank 128, lr 5e-05, 3 epochs, 117 steps, eval loss 0.6814 -> 0.4000" in md
+    (tmp_path / "adapters").rename(d / "adapters")  # the RUNS tree copied off the GPU box: the recorded path is gone
+    report.main(["loop2", str(base), str(trained), "--out", str(out)])
+    assert "- trained: run d3b7f249d596," in (out / "loop2.md").read_text()
     svg = (out / "loop2.svg").read_text()
     for text in ("LOG writes / SEARCH", "fallbacks", "base, grammar on", "trained specialist, grammar on",
                  "paper: base -&gt; trained"):
