@@ -5,8 +5,9 @@ their values) plays the real agent loop (eval.py: automem + envs + scaffolds/<en
 episodes in flight, through one of three paths, for a fixed window of wall-clock time:
 
   inproc        llama.cpp with CUDA in this process: our llamacpp backend on a Q4_K_M GGUF, every
-                layer on the GPU; one call at a time (N = 1). On the H200 it crashed (SIGSEGV) while
-                loading the 32B file, twice, with stderr silenced by llama-cpp-python: not measured
+                layer on the GPU; one call at a time (N = 1). llama-cpp-python from `build` (--prefix)
+                or, without one, the installed CUDA build (install.sh --gpu); libllama preloaded
+                (llm.preload_cuda_llama: loaded after numpy it crashed on the H200)
   server        llama.cpp's own llama-server (N parallel slots, continuous batching, a prompt cache
                 per slot) driven by our openai backend with --workers N. (llama-cpp-python's
                 `python -m llama_cpp.server` takes one request at a time behind a lock: no slots.)
@@ -40,13 +41,15 @@ minihack, setuptools 80.9 for pkg_resources). On the GPU machine:
     python bench/gpu_cost.py run --path server --n 32 --env crafter --grammar off --seconds 60 --out s32.json
     python bench/gpu_cost.py run --path transformers --env crafter --seconds 40 --out tf_1_crafter.json
     python bench/gpu_cost.py run --path transformers --n 32 --env crafter --seconds 120 --out tf_32_crafter.json
+    python bench/gpu_cost.py run --path inproc --env crafter --grammar off --seconds 45 --prefix /none \
+        --out inproc_1_crafter.json                                   # the installed CUDA llama-cpp-python
 On a CPU machine, the same loop with a tiny model of the same tokenizer (token counts, no speed):
     python bench/gpu_cost.py build --src .gpu/lcp.tgz --prefix /tmp/lcp --cpu
     python bench/gpu_cost.py gguf --out /tmp/tiny.gguf --tiny --vocab ...
     python bench/gpu_cost.py run --path inproc --gguf /tmp/tiny.gguf --tiny --env minihack --grammar on \
         --max-tokens 512 --seconds 90 --out tokens_cpu_minihack_v0.json     # + --scaffold .../v4 [--memory-model]
-    python bench/gpu_cost.py table --runs bench/device/server_*.json bench/device/tf_1_crafter.json \
-        --tokens bench/device/tokens_cpu_*.json
+    python bench/gpu_cost.py table --runs bench/device/server_*.json bench/device/tf_*_crafter.json \
+        bench/device/inproc_1_crafter.json --tokens bench/device/tokens_cpu_*.json
 """
 import argparse
 import faulthandler
@@ -482,7 +485,8 @@ def run(args):
 PROTOCOL_STEPS = {"crafter": 10 * 2000, "minihack": 8 * 5 * 100, "nethack": 5 * 1000}  # upper bounds; NetHack
 # episodes have no fixed length (they end after 150 steps without progress): 1,000 steps each is an assumption
 ROWS = {"v0": "v0", "converged": "converged", "twomodel": "two-model"}
-PATHS = [("server", 32), ("server", 8), ("server", 1), ("transformers", 32), ("transformers", 8), ("transformers", 1)]
+PATHS = [("server", 32), ("server", 8), ("server", 1), ("inproc", 1), ("transformers", 32), ("transformers", 8),
+         ("transformers", 1)]
 
 
 def token_costs(runs):
@@ -517,8 +521,10 @@ def table(args):
         d = json.loads(Path(f).read_text())
         env, row = Path(f).stem.split("_")[-2:]
         step = d["per_step"]
-        uncached = step["prompt_tokens"] * (1 - d["cache_share"])
-        hours = [PROTOCOL_STEPS[env] * (a * uncached + b[(p, n)] * step["completion_tokens"]) / 3600
+        # the share of the prompt a cache serves (the in-process backend's, counted on CPU); our transformers
+        # backend keeps no cache between calls: it prefills every prompt whole
+        uncached = lambda p: step["prompt_tokens"] * (1 - (d["cache_share"] if p != "transformers" else 0))
+        hours = [PROTOCOL_STEPS[env] * (a * uncached(p) + b[(p, n)] * step["completion_tokens"]) / 3600
                  for p, n in PATHS if (p, n) in b]
         print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "
               f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | "

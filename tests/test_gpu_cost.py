@@ -1,5 +1,7 @@
 """bench/gpu_cost.py on CPU: the random Q4_K_M file has the real file's size and sane weights, and the cost
 table's per-token costs come back from the runs they were measured in."""
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -38,3 +40,29 @@ def test_token_costs_recover_prefill_and_decode_costs():
     runs = [run("server", 32, 75_000, 11_000), run("server", 32, 86_000, 6_000), run("server", 1, 11_000, 2_000)]
     got_a, got_b = gpu_cost.token_costs(runs)
     assert got_a == pytest.approx(a) and got_b == pytest.approx(b)
+
+
+def test_table_prices_the_cache_per_path(tmp_path, capsys):
+    """Hours = steps x (uncached prompt tokens x prefill cost + generated tokens x the path's cost); the cached share
+    (the in-process backend's reuse) lowers the llama.cpp paths' prompts, never the transformers backend's: it keeps
+    no cache between calls."""
+    a, b = 0.0004, {("server", 32): 0.0035, ("transformers", 1): 0.077}
+
+    def run(path, n, prompt, generated):
+        window = a * prompt + b[(path, n)] * generated
+        return {"path": path, "n": n, "window_seconds": window, "uncached_prompt_tok_s": prompt / window,
+                "generated_tok_s": generated / window, "limits": {"grammar": False}}
+    runs = [run("server", 32, 75_000, 11_000), run("server", 32, 86_000, 6_000), run("transformers", 1, 4_000, 500)]
+    paths = []
+    for i, r in enumerate(runs):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    tokens = tmp_path / "tokens_cpu_minihack_v0.json"
+    tokens.write_text(json.dumps({"cache_share": 0.5, "per_step": {"calls": 3, "prompt_tokens": 4000,
+                                                                    "completion_tokens": 100}}))
+    gpu_cost.table(argparse.Namespace(runs=[str(p) for p in paths], tokens=[str(tokens)]))
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| minihack"))
+    server_32, transformers_1 = (float(c) for c in row.strip("| \n").split(" | ")[-2:])
+    steps = gpu_cost.PROTOCOL_STEPS["minihack"]
+    assert server_32 == pytest.approx(steps * (a * 2000 + 0.0035 * 100) / 3600, abs=0.05)
+    assert transformers_1 == pytest.approx(steps * (a * 4000 + 0.077 * 100) / 3600, abs=0.05)
