@@ -363,7 +363,7 @@ def loop2_stats(runs):
                                  "eval.py): run its eval.py command again, which rewrites results.json")
             per_episode = [e["behaviour"] for e in r["per_episode"]]
             stats.setdefault(env, []).append((run, {"episodes": len(per_episode), **{
-                m: metrics.mean_se([b[m] for b in per_episode if b[m] is not None]) for m in LOOP2_METRICS}}))
+                m: metrics.mean_se([b[m] for b in per_episode if b.get(m) is not None]) for m in LOOP2_METRICS}}))
     return stats
 
 
