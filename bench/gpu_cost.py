@@ -11,7 +11,7 @@ episodes in flight, through one of three paths, for a fixed window of wall-clock
   server        llama.cpp's own llama-server (N parallel slots, continuous batching, a prompt cache
                 per slot) driven by our openai backend with --workers N. (llama-cpp-python's
                 `python -m llama_cpp.server` takes one request at a time behind a lock: no slots.)
-  transformers  our transformers backend in bf16 (the device has no bitsandbytes, so no 4-bit) with
+  transformers  our transformers backend in bf16 (--load-4bit: bitsandbytes nf4, from install.sh --gpu) with
                 --workers N: N episode threads whose calls it batches into one generate (at most N
                 rows, left-padded; N = 1 is one call at a time); no grammar sampler, so --grammar off
 
@@ -334,10 +334,14 @@ def qwen2_tokenizer(vocab_gguf):
                                    chat_template=field("tokenizer.chat_template"))
 
 
-def random_hf_loader(shape, tok):
+def random_hf_loader(shape, tok, folder=None):
     """A stand-in for llm_hf.load_hf: the Qwen2 of `shape` with random bf16 weights made on the GPU (64 GB for the
-    32B shape: nothing to read from disk)."""
-    def load_hf(model, dtype, load_4bit=False):
+    32B shape: nothing to read from disk). With `folder`, those weights are saved there once (safetensors) and loaded
+    back through the real llm_hf.load_hf, so that --load-4bit quantizes them as it would the real model's."""
+    import llm_hf
+    real_load = llm_hf.load_hf
+
+    def random_model(dtype):
         import torch
         import transformers
         config = transformers.Qwen2Config(**{**shape, "max_position_embeddings": 32768, "rope_theta": 1e6,
@@ -345,8 +349,19 @@ def random_hf_loader(shape, tok):
                                              "eos_token_id": CHATML_EOS})
         torch.manual_seed(0)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            net = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return tok, net
+            return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+    def load_hf(model, dtype, load_4bit=False):
+        if folder is None:
+            return tok, random_model(dtype)
+        if not (Path(folder) / "config.json").is_file():
+            import torch
+            net = random_model(torch.bfloat16)
+            net.save_pretrained(folder)
+            tok.save_pretrained(folder)
+            del net
+            torch.cuda.empty_cache()
+        return real_load(folder, dtype, load_4bit=load_4bit)
     return load_hf
 
 
@@ -421,11 +436,12 @@ def run(args):
         weights = sum(nbytes(*t[1:]) for t in q4km_tensors(shape))
     else:
         cls = llm.Transformers
-        llm_hf.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab))
+        folder = str(Path(args.workdir) / "random-qwen2.5-32b-shape") if args.load_4bit else None
+        llm_hf.load_hf = random_hf_loader(shape, qwen2_tokenizer(args.vocab), folder)
         rows, generate = [], llm.Transformers.generate  # the rows of each generate: how full the batches ran
         llm.Transformers.generate = lambda self, batch: (rows.append(len(batch)), generate(self, batch))[1]
-        argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape-bf16", "--grammar", "off",
-                 "--max-tokens", str(args.max_tokens)]
+        argv += ["--backend", "transformers", "--model", "random-qwen2.5-32b-shape", "--grammar", "off",
+                 "--max-tokens", str(args.max_tokens)] + (["--load-4bit"] if args.load_4bit else [])
         weights = None  # counted from the model once loaded
     calls, errors = [], []
     t_start = time.time()
@@ -457,7 +473,7 @@ def run(args):
     context = prompt / max(len(calls), 1) + completion / max(len(calls), 1) / 2
     result = {
         "path": args.path, "n": args.n, "env": args.env, "scaffold": args.scaffold or f"scaffolds/{args.env}/v0",
-        "two_model": bool(args.memory_model), "tiny": args.tiny,
+        "two_model": bool(args.memory_model), "tiny": args.tiny, "load_4bit": args.load_4bit,
         "limits": {"log_turns": args.log_turns, "plan_turns": args.plan_turns,
                    "max_tokens": args.max_tokens, "grammar": args.grammar == "on" and args.path != "transformers"},
         "load_seconds": round(t0 - t_start, 1), "window_seconds": round(window, 1),
@@ -561,6 +577,8 @@ def main():
     r.add_argument("--grammar", default="on", choices=["on", "off"], help="llama.cpp paths (transformers: off)")
     r.add_argument("--max-tokens", type=int, default=128, help="new tokens per call: with the grammar a cap it "
                    "stays under (use 512), without it the reply length (a random model rarely ends earlier)")
+    r.add_argument("--load-4bit", action="store_true", help="transformers: bitsandbytes nf4, as eval.py --load-4bit "
+                   "(the random weights are saved under --workdir once, 65 GB, then loaded and quantized)")
     r.add_argument("--tiny", action="store_true", help="the tiny model's shape (for the physical limit)")
     r.add_argument("--workdir", default=tempfile.gettempdir())
     r.add_argument("--out", required=True)

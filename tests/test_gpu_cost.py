@@ -66,3 +66,22 @@ def test_table_prices_the_cache_per_path(tmp_path, capsys):
     steps = gpu_cost.PROTOCOL_STEPS["minihack"]
     assert server_32 == pytest.approx(steps * (a * 2000 + 0.0035 * 100) / 3600, abs=0.05)
     assert transformers_1 == pytest.approx(steps * (a * 4000 + 0.077 * 100) / 3600, abs=0.05)
+
+
+def test_random_weights_saved_once_then_loaded_by_the_real_loader(tmp_path):
+    """--load-4bit: the random model goes through llm_hf.load_hf (whose BitsAndBytesConfig quantizes it as it
+    would the real model) from a folder written once; the weights are the same random ones."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
+    shape = {**gpu_cost.TINY, "vocab_size": 256}
+    folder = tmp_path / "random"
+    load = gpu_cost.random_hf_loader(shape, tok, str(folder))
+    _, first = load("ignored", torch.float32)
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    _, again = load("ignored", torch.float32)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # loaded, not made and saved again
+    _, made = gpu_cost.random_hf_loader(shape, tok)("ignored", torch.bfloat16)  # saved in bf16
+    for name, weight in made.state_dict().items():
+        assert torch.equal(first.state_dict()[name], weight.float()) and torch.equal(again.state_dict()[name], weight.float())
