@@ -376,7 +376,10 @@ def loop2_label(config, env):
 
 
 def loop2_kind(config, env):
-    return f"{'trained specialist' if two_model(config) else 'base'}, {grammar_text(config, env)}"
+    """The figure's colour: base alone, the two-model split with an untrained specialist (the control), or the
+    trained specialist (an adapter); with the grammar setting."""
+    kind = "trained specialist" if config.get("memory_adapter") else "two-model, no adapter" if two_model(config) else "base"
+    return f"{kind}, {grammar_text(config, env)}"
 
 
 def loop2_markdown(stats):

@@ -11,7 +11,8 @@
 # Training seeds: train_seeds.txt (disjoint from seeds.txt); 10 Crafter episodes of 300 steps, 10 per
 # MiniHack task (MazeWalk-9x9, Corridor-R3) of 100 steps. Evaluation, on seeds.txt with the steps of
 # bench/embedded_table.sh (3 Crafter episodes, 5 per MiniHack task): the base agent (base-<env>-<scaffold>-s<steps>)
-# and the two-model agent with the adapter (eval-...-2model-s<steps>), the same steps and grammar; then the
+# and the two-model agent with the adapter (eval-...-2model-s<steps>), the same steps and grammar; the two-model agent
+# with the untrained base as its specialist (base-...-2model-s<steps>: what the split alone does); then the
 # specialist with --grammar off (eval-...-2model-nogrammar-s<steps>; the base model's fallback rate without
 # grammar is 1.0), NOGRAMMAR_STEPS steps (default the same; without the grammar each step takes longer).
 # Smaller (e.g. a CPU check of the whole chain, or the README's device run): CRAFTER_STEPS, MAZE_STEPS,
@@ -32,10 +33,12 @@ CRAFTER=(--env crafter --max-steps "$CRAFTER_STEPS" --scaffold scaffolds/crafter
 MAZES=(--env minihack --task MiniHack-MazeWalk-9x9-v0 --task MiniHack-Corridor-R3-v0 --max-steps "$MAZE_STEPS"
        --scaffold scaffolds/minihack/v4)
 
-evaluate() {  # ENV-SCAFFOLD STEPS EPISODES-PER-TASK TASKS ARGS...: base, trained specialist, the same without grammar
+evaluate() {  # ENV-SCAFFOLD STEPS EPISODES-PER-TASK TASKS ARGS...: base, the two-model control, trained specialist,
+  # the same without grammar
   local name=$1 steps=$2 per_task=$3 tasks=$4; shift 4
   local adapter=(--memory-adapter "$RUNS/adapters/${name%%-*}/adapter.gguf") off=${NOGRAMMAR_STEPS:-$steps}
   EPISODES=$per_task play "base-$name-s$steps" $((tasks * per_task)) "$@"
+  EPISODES=$per_task play "base-$name-2model-s$steps" $((tasks * per_task)) "$@" --memory-model "$MODEL"
   EPISODES=$per_task play "eval-$name-2model-s$steps" $((tasks * per_task)) "$@" "${adapter[@]}"
   EPISODES=$per_task play "eval-$name-2model-nogrammar-s$off" $((tasks * per_task)) "$@" "${adapter[@]}" \
     --max-steps "$off" --grammar off

@@ -1,5 +1,6 @@
-"""bench/loop2_mini.sh's evaluation stage: the base and the trained-specialist runs it starts differ only by the
-adapter (same seeds, steps, grammar, scaffold), so the README's base -> trained rows compare like with like. eval.py
+"""bench/loop2_mini.sh's evaluation stage: the base, two-model control and trained-specialist runs it starts differ
+only by the specialist (same seeds, steps, grammar, scaffold), so the README's base -> trained rows compare like
+with like. eval.py
 is replaced by a stand-in python3 that records its command line."""
 import os
 import shlex
@@ -27,9 +28,11 @@ def eval_commands(tmp_path, **env):
 
 def test_base_and_trained_runs_differ_only_by_the_adapter(tmp_path):
     runs = eval_commands(tmp_path, ENVS="minihack", MAZE_STEPS="20", NOGRAMMAR_STEPS="10")
-    assert sorted(runs) == ["base-minihack-v4-s20", "eval-minihack-v4-2model-nogrammar-s10", "eval-minihack-v4-2model-s20"]
+    assert sorted(runs) == ["base-minihack-v4-2model-s20", "base-minihack-v4-s20", "eval-minihack-v4-2model-nogrammar-s10",
+                            "eval-minihack-v4-2model-s20"]
     adapter = ["--memory-adapter", str(tmp_path / "R" / "adapters" / "minihack" / "adapter.gguf")]
     assert runs["eval-minihack-v4-2model-s20"] == runs["base-minihack-v4-s20"] + adapter
+    assert runs["base-minihack-v4-2model-s20"] == runs["base-minihack-v4-s20"] + ["--memory-model", "m"]  # the control
     assert runs["eval-minihack-v4-2model-nogrammar-s10"] == runs["eval-minihack-v4-2model-s20"] + [
         "--max-steps", "10", "--grammar", "off"]  # argparse keeps the last --max-steps and --grammar
     base = runs["base-minihack-v4-s20"]

@@ -364,6 +364,11 @@ def test_compare_pairs_by_seed_with_a_bootstrap_interval(tmp_path, capsys):
     assert report.metrics.bootstrap_difference([0, 1], [0, 1], paired=True) == (0.0, 0.0, 0.0)
 
 
+def without_specialist(run):
+    config = json.loads((run / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in ("memory_adapter", "memory_model")}
+
+
 def test_loop2_behaviour_base_vs_trained(tmp_path, capsys):
     d, adapter = tmp_path / "runs", tmp_path / "adapters" / "crafter"
     adapter.mkdir(parents=True)
@@ -387,6 +392,9 @@ def test_loop2_behaviour_base_vs_trained(tmp_path, capsys):
     assert "| paper | Qwen2.5-32B-Instruct: base -> trained |  |  | 0.84 -> 0.39 |" in md
     assert "- trained: run d3b7f249d596, base SmolLM2-135M-Instruct.Q4_1.gguf, data sha256 fcb90c83f351 (642 examples), " \
            "rank 128, lr 5e-05, 3 epochs, 117 steps, eval loss 0.6814 -> 0.4000" in md
+    kinds = {"memory_model": "/m/base.gguf"}, {"memory_adapter": "a.gguf"}, {}
+    assert [report.loop2_kind({**without_specialist(trained), **k}, "crafter") for k in kinds] == [
+        "two-model, no adapter, grammar on", "trained specialist, grammar on", "base, grammar on"]
     (tmp_path / "adapters").rename(d / "adapters")  # the RUNS tree copied off the GPU box: the recorded path is gone
     report.main(["loop2", str(base), str(trained), "--out", str(out)])
     assert "- trained: run d3b7f249d596," in (out / "loop2.md").read_text()
