@@ -143,7 +143,9 @@ def sft_trainer(rows, model, cfg, out_dir, use_4bit=False, deepspeed=None, max_s
     if cfg["batch"] % (cfg["micro_batch"] * world):
         raise ValueError(f"batch {cfg['batch']} must be a multiple of micro_batch {cfg['micro_batch']} x {world} processes")
     args = trl.SFTConfig(  # before the model: under ZeRO-3 from_pretrained then loads it already partitioned
-        output_dir=str(out_dir), per_device_train_batch_size=cfg["micro_batch"], per_device_eval_batch_size=cfg["micro_batch"],
+        # eval one chat at a time: the loss before/after is then the mean over chats whatever the micro-batch (a batch
+        # of 4 pools its tokens: 0.51 against 0.38 on the same 8 MiniHack chats, long replies weighing more)
+        output_dir=str(out_dir), per_device_train_batch_size=cfg["micro_batch"], per_device_eval_batch_size=1,
         gradient_accumulation_steps=cfg["batch"] // (cfg["micro_batch"] * world), learning_rate=cfg["lr"],
         num_train_epochs=cfg["epochs"], max_steps=max_steps or -1, lr_scheduler_type="cosine", logging_steps=1,
         save_strategy="steps", save_steps=save_steps, save_total_limit=2, report_to="none", seed=seed, bf16=cuda,
