@@ -54,10 +54,10 @@ case $STAGE in
   train)
     for env in $ENVS; do
       python3 train_lora.py data --runs "$RUNS/train-$env" --out "$RUNS/data/$env.jsonl"
-      # one GPU each (several visible to one process is DataParallel, which TRL's SFTTrainer refuses)
-      CUDA_VISIBLE_DEVICES=$(next_gpu) \
-      # micro-batch 8 of the same batch: a 135M model's step is kernel launches, 8x fewer of them ran it 4.5x faster
+      # one GPU each (several visible to one process is DataParallel, which TRL's SFTTrainer refuses); micro-batch 8
+      # of the same batch: a 135M model's step is kernel launches, 8x fewer of them ran it 4.5x faster
       # (bench/sft_overhead.py on the H200: 5.1 -> 1.1 s a step); the loss is the same mean over the batch's tokens
+      CUDA_VISIBLE_DEVICES=$(next_gpu) \
       python3 train_lora.py sft --data "$RUNS/data/$env.jsonl" --out "$RUNS/adapters/$env" --env $env --model "$MODEL" \
         --micro-batch "${SFT_MICRO_BATCH:-8}" ${SFT_ARGS:-} > "$RUNS/sft-$env.log" 2>&1 &
       JOBS+=($!)
