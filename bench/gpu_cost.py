@@ -214,6 +214,7 @@ class GpuMemory:
 
     def __enter__(self):
         self.peak_mib, self.stop = 0, threading.Event()
+        self.gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
         self.thread = threading.Thread(target=self.poll, daemon=True)
         self.thread.start()
         return self
@@ -221,8 +222,7 @@ class GpuMemory:
     def poll(self):
         while not self.stop.wait(0.5):
             try:
-                gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
-                out = subprocess.run(["nvidia-smi", "-i", gpu, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                out = subprocess.run(["nvidia-smi", "-i", self.gpu, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=10).stdout
                 self.peak_mib = max(self.peak_mib, int(out.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
@@ -502,7 +502,12 @@ PROTOCOL_STEPS = {"crafter": 10 * 2000, "minihack": 8 * 5 * 100, "nethack": 5 * 
 # episodes have no fixed length (they end after 150 steps without progress): 1,000 steps each is an assumption
 ROWS = {"v0": "v0", "converged": "converged", "twomodel": "two-model"}
 PATHS = [("server", 32), ("server", 8), ("server", 1), ("inproc", 1), ("transformers", 32), ("transformers", 8),
-         ("transformers", 1)]
+         ("transformers", 1), ("transformers-4bit", 32), ("transformers-4bit", 8), ("transformers-4bit", 1)]
+
+
+def path_key(d):
+    """A run's column in the table: its path and N; --load-4bit runs of the transformers path are a path of their own."""
+    return d["path"] + ("-4bit" if d.get("load_4bit") else ""), d["n"]
 
 
 def token_costs(runs):
@@ -510,15 +515,15 @@ def token_costs(runs):
     from the grammar-off runs: a and b of server N=32 solve its two runs (Crafter, NetHack: different mixes);
     every other run gives its b from its window, tokens and that a."""
     mix = lambda d: (d["uncached_prompt_tok_s"] * d["window_seconds"], d["generated_tok_s"] * d["window_seconds"])
-    pair = [d for d in runs if (d["path"], d["n"]) == ("server", 32)]
+    pair = [d for d in runs if path_key(d) == ("server", 32)]
     if len(pair) < 2:
         sys.exit("error: the table needs two server N=32 runs on different envs (grammar off)")
     a, b32 = np.linalg.solve(np.array([mix(d) for d in pair[:2]]), np.array([d["window_seconds"] for d in pair[:2]]))
     costs = {("server", 32): b32}
     for d in runs:
-        if (d["path"], d["n"]) not in costs:
+        if path_key(d) not in costs:
             prompt, generated = mix(d)
-            costs[(d["path"], d["n"])] = (d["window_seconds"] - a * prompt) / generated
+            costs[path_key(d)] = (d["window_seconds"] - a * prompt) / generated
     return a, costs
 
 
@@ -539,7 +544,7 @@ def table(args):
         step = d["per_step"]
         # the share of the prompt a cache serves (the in-process backend's, counted on CPU); our transformers
         # backend keeps no cache between calls: it prefills every prompt whole
-        uncached = lambda p: step["prompt_tokens"] * (1 - (d["cache_share"] if p != "transformers" else 0))
+        uncached = lambda p: step["prompt_tokens"] * (1 - (d["cache_share"] if not p.startswith("transformers") else 0))
         hours = [PROTOCOL_STEPS[env] * (a * uncached(p) + b[(p, n)] * step["completion_tokens"]) / 3600
                  for p, n in PATHS if (p, n) in b]
         print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "

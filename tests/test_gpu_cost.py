@@ -46,13 +46,15 @@ def test_table_prices_the_cache_per_path(tmp_path, capsys):
     """Hours = steps x (uncached prompt tokens x prefill cost + generated tokens x the path's cost); the cached share
     (the in-process backend's reuse) lowers the llama.cpp paths' prompts, never the transformers backend's: it keeps
     no cache between calls."""
-    a, b = 0.0004, {("server", 32): 0.0035, ("transformers", 1): 0.077}
+    a, b = 0.0004, {("server", 32): 0.0035, ("transformers", 1): 0.077, ("transformers-4bit", 1): 0.1}
 
-    def run(path, n, prompt, generated):
-        window = a * prompt + b[(path, n)] * generated
-        return {"path": path, "n": n, "window_seconds": window, "uncached_prompt_tok_s": prompt / window,
-                "generated_tok_s": generated / window, "limits": {"grammar": False}}
-    runs = [run("server", 32, 75_000, 11_000), run("server", 32, 86_000, 6_000), run("transformers", 1, 4_000, 500)]
+    def run(path, n, prompt, generated, load_4bit=False):
+        window = a * prompt + b[(path + ("-4bit" if load_4bit else ""), n)] * generated
+        return {"path": path, "n": n, "load_4bit": load_4bit, "window_seconds": window,
+                "uncached_prompt_tok_s": prompt / window, "generated_tok_s": generated / window,
+                "limits": {"grammar": False}}
+    runs = [run("server", 32, 75_000, 11_000), run("server", 32, 86_000, 6_000), run("transformers", 1, 4_000, 500),
+            run("transformers", 1, 4_000, 500, load_4bit=True)]  # 4-bit: a column of its own
     paths = []
     for i, r in enumerate(runs):
         paths.append(tmp_path / f"run{i}.json")
@@ -62,10 +64,11 @@ def test_table_prices_the_cache_per_path(tmp_path, capsys):
                                                                     "completion_tokens": 100}}))
     gpu_cost.table(argparse.Namespace(runs=[str(p) for p in paths], tokens=[str(tokens)]))
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| minihack"))
-    server_32, transformers_1 = (float(c) for c in row.strip("| \n").split(" | ")[-2:])
+    server_32, transformers_1, transformers_4bit_1 = (float(c) for c in row.strip("| \n").split(" | ")[-3:])
     steps = gpu_cost.PROTOCOL_STEPS["minihack"]
     assert server_32 == pytest.approx(steps * (a * 2000 + 0.0035 * 100) / 3600, abs=0.05)
     assert transformers_1 == pytest.approx(steps * (a * 4000 + 0.077 * 100) / 3600, abs=0.05)
+    assert transformers_4bit_1 == pytest.approx(steps * (a * 4000 + 0.1 * 100) / 3600, abs=0.05)
 
 
 def test_random_weights_saved_once_then_loaded_by_the_real_loader(tmp_path):
