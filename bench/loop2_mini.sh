@@ -17,8 +17,8 @@
 # grammar is 1.0), NOGRAMMAR_STEPS steps (default the same; without the grammar each step takes longer).
 # Smaller (e.g. a CPU check of the whole chain, or the README's device run): CRAFTER_STEPS, MAZE_STEPS,
 # NOGRAMMAR_STEPS, TRAIN_EPISODES (per task), EVAL_EPISODES (per task), SFT_MICRO_BATCH (default 8) and SFT_ARGS
-# (extra train_lora.py sft flags, e.g. "--epochs 1" or "--max-steps 2"). ENVS="minihack" runs a stage for that env alone (one chain per env can then
-# run on its own GPU: CUDA_VISIBLE_DEVICES=1 ...).
+# (extra train_lora.py sft flags, e.g. "--epochs 1" or "--max-steps 2"). ENVS="minihack" runs a stage for that env
+# alone (one chain per env can then run on its own GPU: CUDA_VISIBLE_DEVICES=1 ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: bash bench/loop2_mini.sh traces|train|eval RUNS-DIR}
