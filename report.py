@@ -16,7 +16,7 @@ memory-behaviour metrics (metrics.py) per env.
 compare: run B's progression minus run A's per env and MiniHack task, with a bootstrap 95% interval (paired by
 seed where both ran the same episodes) and the paper's difference between the rows the two runs stand beside.
 loop2: per env and run, the memory behaviour loop 2 changes (the paper's LOG writes per SEARCH, redundant writes,
-empty searches, unproductive actions, fallbacks) as mean ± s.e. over episodes, each run's grammar setting, the
+empty searches, failed LOG ops, unproductive actions, fallbacks) as mean ± s.e. over episodes, each run's grammar setting, the
 paper's base -> trained LOG writes per SEARCH, and the card of each run's memory adapter (data hash, config, loss);
 with --out also loop2.md and loop2.{png,svg}.
 figure: progression.{png,svg} (memory runs by scaffold version, error bars = s.e.; dotted lines:
@@ -407,7 +407,7 @@ def loop2_markdown(stats):
 
 
 def loop2_figure(stats, out):
-    """loop2.{png,svg}: a panel per metric, per env a bar per run (coloured by base / trained specialist and grammar)
+    """loop2.{png,svg}: a panel per metric, per env a bar per run (coloured by its loop2_kind: specialist and grammar)
     with its s.e.; the paper's LOG writes per SEARCH, base -> trained."""
     envs = list(stats)
     kinds = sorted({loop2_kind(run["config"], env) for env in envs for run, _ in stats[env]})

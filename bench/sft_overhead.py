@@ -11,7 +11,8 @@ many small kernels (PEFT's LoRA layers launch several per linear), and the varia
 
 Variants: as train_lora.py (micro-batch 1, checkpointing on); checkpointing off; micro-batch 8 (same batch).
 Per variant: seconds per optimizer step (after one warm-up step), GPU busy share (CUDA time over wall time, from
-torch.profiler over one step) and the CPU ops that took longest.
+torch.profiler over one step; over 100% where kernels overlap), kernel launches (cudaLaunchKernel and cuLaunchKernel
+calls; their *Ex variants are not counted, so a lower bound) and the CPU ops that took longest.
 """
 import argparse
 import json
