@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import recipe  # noqa: E402
 import sft_data  # noqa: E402
 import train_lora  # noqa: E402
 
@@ -117,7 +118,7 @@ def measure(model_dir, prior, seq, steps):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     _, net = train_lora.load_base(model_dir, qlora=True)
-    cfg = train_lora.lora_config(prior, {})
+    cfg = recipe.lora_config(prior, {})
     net.gradient_checkpointing_enable({"use_reentrant": False})  # as train_lora.py sft's SFTTrainer sets the model up
     net.enable_input_require_grads()
     net = peft.get_peft_model(net, train_lora.lora_peft_config(cfg))
@@ -219,7 +220,7 @@ def main():
     p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--part", choices=["a", "b", "both"], default="both")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4], help="(b) layer counts to measure")
-    p.add_argument("--priors", nargs="+", default=["crafter", "nethack"], choices=list(train_lora.PRIORS),
+    p.add_argument("--priors", nargs="+", default=["crafter", "nethack"], choices=list(recipe.PRIORS),
                    help="(b) LoRA priors: crafter = rank 256 on attention, nethack = rank 256 on all linear layers")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=3, help="(b) timed steps per point (after one warm-up step)")

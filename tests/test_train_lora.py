@@ -14,6 +14,7 @@ import automem
 import llm
 import llm_hf
 import loop as machinery
+import recipe
 import scaffold_spec
 import sft_data
 import train_lora
@@ -234,7 +235,7 @@ def test_loss_only_on_the_last_assistant_message(tiny_model, data_file, tmp_path
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
     rows = sft_data.read_jsonl(data_file)
     assert any(sum(m["role"] == "assistant" for m in r["messages"]) == 2 for r in rows)  # LOG turn 2 follows turn 1
-    cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "batch": 2, "micro_batch": 2})
+    cfg = recipe.lora_config("crafter", {"rank": 4, "alpha": 8, "batch": 2, "micro_batch": 2})
     trainer, dropped, _ = train_lora.sft_trainer(rows, tiny_model, cfg, tmp_path)
     assert dropped == 0 and len(trainer.train_dataset) == len(rows)
     for row, ex in zip(rows, trainer.train_dataset):
@@ -359,11 +360,12 @@ def test_sft_in_two_processes_keeps_the_batch(tiny_model, data_file, tmp_path):
 DRIVER = """import sys
 sys.path.insert(0, sys.argv[1])
 import deepspeed
+import recipe
 import sft_data
 import train_lora
 deepspeed.init_distributed("gloo")  # accelerate does this on GPUs, nobody on CPUs
 data, model, out, zero3 = sys.argv[2:]
-cfg = train_lora.lora_config("crafter", {"rank": 4, "alpha": 8, "lr": 1e-3, "batch": 4, "micro_batch": 1})
+cfg = recipe.lora_config("crafter", {"rank": 4, "alpha": 8, "lr": 1e-3, "batch": 4, "micro_batch": 1})
 trainer, _, _ = train_lora.sft_trainer(sft_data.read_jsonl(data), model, cfg, out + "/checkpoints", max_steps=2,
                                        eval_examples=2, deepspeed=train_lora.ZERO3 if zero3 == "1" else None)
 trainer.train()
@@ -388,12 +390,12 @@ def test_sft_zero3_gives_the_data_parallel_adapter(tiny_model, data_file, tmp_pa
     assert max(np.abs(v).max() for k, v in zero3.items() if "lora_B" in k) > 1e-4  # trained, not the zero init
 
 def test_config_validation():
-    assert train_lora.lora_config("minihack", {})["targets"] == "all-linear"
-    assert train_lora.lora_config("crafter", {"rank": 16.0})["rank"] == 16
+    assert recipe.lora_config("minihack", {})["targets"] == "all-linear"
+    assert recipe.lora_config("crafter", {"rank": 16.0})["rank"] == 16
     for bad, msg in [({"rnk": 4}, "unknown LoRA config key 'rnk'"), ({"rank": 0}, "outside"), ({"lr": "fast"}, "a number"),
                      ({"targets": "q_proj; rm -rf"}, "targets"), ({"batch": 3, "micro_batch": 2}, "multiple")]:
         with pytest.raises(ValueError, match=msg):
-            train_lora.lora_config("crafter", bad)
+            recipe.lora_config("crafter", bad)
 
 
 # ----------------------------------------------------------------------------- training engine
@@ -439,7 +441,7 @@ def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
         return [VALID, BROKEN, BAD_CONFIG][len(prompts) - 1]
     machinery.META.clear()
     machinery.META["llm"] = llm.load("scripted", replies=meta)
-    state = train_lora.run_engine(args)
+    state = recipe.run_engine(args)
     base, (good, broken, bad) = state["start"], state["iterations"]
     assert [(r["iteration"], r["verdict"]) for r in (base, good, broken, bad)] == \
         [(0, "baseline"), (1, "evaluated"), (2, "rejected"), (3, "rejected")]
@@ -458,33 +460,33 @@ def test_engine_ledger_with_scripted_meta_llm(tiny_model, tmp_path, capsys):
     for k, it in enumerate(state["iterations"], 1):  # every recipe is archived with its verdict
         assert json.loads((tmp_path / "eng" / "candidates" / f"iter{k}" / "verdict.json").read_text()) == it
     machinery.META["llm"] = llm.load("scripted", replies=lambda m: pytest.fail("resumed run asked the meta-LLM"))
-    assert train_lora.run_engine(args) == state  # finished iterations are not redone
+    assert recipe.run_engine(args) == state  # finished iterations are not redone
     args.iterations = 4  # more iterations continue the same run; other settings are another run
     args.select_timeout = 1
     with pytest.raises(ValueError, match="holds a different loop \\(select_timeout differ\\)"):
-        train_lora.run_engine(args)
+        recipe.run_engine(args)
 
 
-def recipe(select_source, config="{}"):
+def proposal_reply(select_source, config="{}"):
     return f"```python select.py\n{select_source}```\n```json recipe.json\n{config}\n```"
 
 
 @pytest.mark.parametrize("reply, error", [
     ("<select>def select(e):\n    return True, 'k'</select>", "^parse: no ```python select.py block"),
-    (recipe("def select(e)\n  return\n"), "^static check: select.py line 1: syntax error"),
-    (recipe("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n"), "^static check: select.py line 2: name open"),
-    (recipe("import os\ndef select(example):\n    return True, 'k'\n"), "^static check: .*import of os"),
-    (recipe("x = 1\n"), "^select: select.py defines no top-level def select"),
-    (recipe("def select(e):\n    return True, 'k'\n", "{rank: 4}"), "^config: recipe.json is not JSON"),
-    (recipe("def select(e):\n    return True, 'k'\n", "[4]"), "^config: recipe.json holds no JSON object"),
+    (proposal_reply("def select(e)\n  return\n"), "^static check: select.py line 1: syntax error"),
+    (proposal_reply("def select(example):\n    open('/tmp/x', 'w')\n    return True, 'k'\n"), "^static check: select.py line 2: name open"),
+    (proposal_reply("import os\ndef select(example):\n    return True, 'k'\n"), "^static check: .*import of os"),
+    (proposal_reply("x = 1\n"), "^select: select.py defines no top-level def select"),
+    (proposal_reply("def select(e):\n    return True, 'k'\n", "{rank: 4}"), "^config: recipe.json is not JSON"),
+    (proposal_reply("def select(e):\n    return True, 'k'\n", "[4]"), "^config: recipe.json holds no JSON object"),
 ])
 def test_a_bad_proposal_is_rejected_naming_its_stage(reply, error):
     """A proposal is parsed, and its select.py must pass the static hook policy (it then runs only in the jail)."""
     with pytest.raises(ValueError, match=error):
-        train_lora.parse_proposal(reply, "crafter")
+        recipe.parse_proposal(reply, "crafter")
 
 
 def test_parse_proposal():
     select_source = "import re\ndef select(example):\n    return bool(re.search('tree', example['target'])), 'k'\n"
-    source, cfg, why = train_lora.parse_proposal("More epochs.\n" + recipe(select_source, '{"epochs": 2}'), "crafter")
+    source, cfg, why = recipe.parse_proposal("More epochs.\n" + proposal_reply(select_source, '{"epochs": 2}'), "crafter")
     assert source == select_source and cfg["epochs"] == 2 and cfg["rank"] == 256 and why == "More epochs."
