@@ -364,6 +364,8 @@ def loop2_stats(runs):
             per_episode = [e["behaviour"] for e in r["per_episode"]]
             stats.setdefault(env, []).append((run, {"episodes": len(per_episode), **{
                 m: metrics.mean_se([b[m] for b in per_episode if b.get(m) is not None]) for m in LOOP2_METRICS}}))
+    for env, rows in stats.items():  # in reading order: base, the control, the trained specialist
+        rows.sort(key=lambda row: (LOOP2_KINDS.index(loop2_kind(row[0]["config"], env)), row[0]["results"]["run"]))
     return stats
 
 
@@ -373,6 +375,10 @@ def grammar_text(config, env):
 
 def loop2_label(config, env):
     return f"{agent_label(config)}, {grammar_text(config, env)}"
+
+
+LOOP2_KINDS = [f"{kind}, grammar {g}" for kind in ("base", "two-model, no adapter", "trained specialist")
+               for g in ("on", "off")]
 
 
 def loop2_kind(config, env):
@@ -410,7 +416,7 @@ def loop2_figure(stats, out):
     """loop2.{png,svg}: a panel per metric, per env a bar per run (coloured by its loop2_kind: specialist and grammar)
     with its s.e.; the paper's LOG writes per SEARCH, base -> trained."""
     envs = list(stats)
-    kinds = sorted({loop2_kind(run["config"], env) for env in envs for run, _ in stats[env]})
+    kinds = sorted({loop2_kind(run["config"], env) for env in envs for run, _ in stats[env]}, key=LOOP2_KINDS.index)
     fig, axes = plt.subplots(1, len(LOOP2_METRICS), figsize=(4 * len(LOOP2_METRICS), 4.6), squeeze=False)
     for ax, (metric, title) in zip(axes[0], LOOP2_METRICS.items()):
         for i, env in enumerate(envs):

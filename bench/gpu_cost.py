@@ -538,7 +538,12 @@ def table(args):
     print("\n| env | row | calls/step | prompt tok/step (cached) | generated tok/step | steps | " +
           " | ".join(f"{p} N={n}" for p, n in PATHS if (p, n) in b) + " |")
     print("| --- " * (6 + sum((p, n) in b for p, n in PATHS)) + "|")
-    for f in args.tokens:
+
+    def order(f):  # env by env, then v0 -> converged -> two-model
+        env, row = Path(f).stem.split("_")[-2:]
+        return list(PROTOCOL_STEPS).index(env), list(ROWS).index(row)
+    totals = [0.0] * sum((p, n) in b for p, n in PATHS)
+    for f in sorted(args.tokens, key=order):
         d = json.loads(Path(f).read_text())
         env, row = Path(f).stem.split("_")[-2:]
         step = d["per_step"]
@@ -550,6 +555,8 @@ def table(args):
         print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "
               f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | "
               + " | ".join(f"{h:,.1f}" for h in hours) + " |")
+        totals = [t + h for t, h in zip(totals, hours)]
+    print("| " + " | ".join(["**all cells**"] + [""] * 5 + [f"**{t:,.0f}**" for t in totals]) + " |")
 
 
 def main():

@@ -59,16 +59,20 @@ def test_table_prices_the_cache_per_path(tmp_path, capsys):
     for i, r in enumerate(runs):
         paths.append(tmp_path / f"run{i}.json")
         paths[-1].write_text(json.dumps(r))
-    tokens = tmp_path / "tokens_cpu_minihack_v0.json"
-    tokens.write_text(json.dumps({"cache_share": 0.5, "per_step": {"calls": 3, "prompt_tokens": 4000,
-                                                                    "completion_tokens": 100}}))
-    gpu_cost.table(argparse.Namespace(runs=[str(p) for p in paths], tokens=[str(tokens)]))
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| minihack"))
-    server_32, transformers_1, transformers_4bit_1 = (float(c) for c in row.strip("| \n").split(" | ")[-3:])
+    tokens = [tmp_path / "tokens_cpu_minihack_v0.json", tmp_path / "tokens_cpu_crafter_twomodel.json"]
+    for f, prompt in zip(tokens, (4000, 10_000)):
+        f.write_text(json.dumps({"cache_share": 0.5, "per_step": {"calls": 3, "prompt_tokens": prompt,
+                                                                   "completion_tokens": 100}}))
+    gpu_cost.table(argparse.Namespace(runs=[str(p) for p in paths], tokens=[str(f) for f in tokens]))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    cells = [[float(c.strip("* ")) for c in row.strip("| \n").split(" | ")[-3:]] for row in rows]
+    assert [row.split(" | ")[0] for row in rows] == ["| crafter", "| minihack", "| **all cells**"]  # the README's order
+    server_32, transformers_1, transformers_4bit_1 = cells[1]
     steps = gpu_cost.PROTOCOL_STEPS["minihack"]
     assert server_32 == pytest.approx(steps * (a * 2000 + 0.0035 * 100) / 3600, abs=0.05)
     assert transformers_1 == pytest.approx(steps * (a * 4000 + 0.077 * 100) / 3600, abs=0.05)
     assert transformers_4bit_1 == pytest.approx(steps * (a * 4000 + 0.1 * 100) / 3600, abs=0.05)
+    assert cells[2] == pytest.approx([c + m for c, m in zip(cells[0], cells[1])], abs=0.6)  # totals, rounded to 1 h
 
 
 def test_random_weights_saved_once_then_loaded_by_the_real_loader(tmp_path):

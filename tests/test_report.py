@@ -392,6 +392,9 @@ def test_loop2_behaviour_base_vs_trained(tmp_path, capsys):
     assert "| paper | Qwen2.5-32B-Instruct: base -> trained |  |  | 0.84 -> 0.39 |" in md
     assert "- trained: run d3b7f249d596, base SmolLM2-135M-Instruct.Q4_1.gguf, data sha256 fcb90c83f351 (642 examples), " \
            "rank 128, lr 5e-05, 3 epochs, 117 steps, eval loss 0.6814 -> 0.4000" in md
+    report.main(["loop2", str(trained), str(base), "--out", str(out)])  # rows in reading order, base first
+    md = (out / "loop2.md").read_text()
+    assert md.index("| base | memory v0") < md.index("| trained | memory v0")
     kinds = {"memory_model": "/m/base.gguf"}, {"memory_adapter": "a.gguf"}, {}
     assert [report.loop2_kind({**without_specialist(trained), **k}, "crafter") for k in kinds] == [
         "two-model, no adapter, grammar on", "trained specialist, grammar on", "base, grammar on"]
