@@ -337,6 +337,8 @@ def compare_markdown(run_a, run_b):
 LOOP2_METRICS = {"log_writes_per_search": "LOG writes / SEARCH", "redundant_write_rate": "redundant writes",
                  "empty_search_rate": "empty searches", "failed_log_op_rate": "failed LOG ops",
                  "unproductive_rate": "unproductive actions", "fallback_rate": "fallbacks"}
+LOOP2_KINDS = [f"{kind}, grammar {g}" for kind in ("base", "two-model, no adapter", "trained specialist")
+               for g in ("on", "off")]  # loop2_kind's values in reading order: the rows' order, the figure's colours
 
 
 def adapter_card(run):
@@ -377,13 +379,9 @@ def loop2_label(config, env):
     return f"{agent_label(config)}, {grammar_text(config, env)}"
 
 
-LOOP2_KINDS = [f"{kind}, grammar {g}" for kind in ("base", "two-model, no adapter", "trained specialist")
-               for g in ("on", "off")]
-
-
 def loop2_kind(config, env):
-    """The figure's colour: base alone, the two-model split with an untrained specialist (the control), or the
-    trained specialist (an adapter); with the grammar setting."""
+    """A run's kind (its row's place and the figure's colour): base alone, the two-model split with an untrained
+    specialist (the control), or the trained specialist (an adapter); with the grammar setting."""
     kind = "trained specialist" if config.get("memory_adapter") else "two-model, no adapter" if two_model(config) else "base"
     return f"{kind}, {grammar_text(config, env)}"
 

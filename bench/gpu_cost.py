@@ -222,8 +222,8 @@ class GpuMemory:
     def poll(self):
         while not self.stop.wait(0.5):
             try:
-                out = subprocess.run(["nvidia-smi", "-i", self.gpu, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout
+                query = ["nvidia-smi", "-i", self.gpu, "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+                out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
                 self.peak_mib = max(self.peak_mib, int(out.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return  # no GPU (a CPU run): no number
@@ -532,26 +532,21 @@ def table(args):
     runs = [json.loads(Path(f).read_text()) for f in args.runs]
     runs = [d for d in runs if d.get("window_seconds") and not d["limits"]["grammar"]]
     a, b = token_costs(runs)
+    columns = [(p, n) for p, n in PATHS if (p, n) in b]
     print(f"prefill {1e3 * a:.2f} ms/token (~{1 / a:,.0f} tok/s); per generated token: " +
-          ", ".join(f"{p} N={n} {1e3 * b[(p, n)]:.1f} ms (~{1 / b[(p, n)]:,.0f} tok/s)"
-                    for p, n in PATHS if (p, n) in b))
+          ", ".join(f"{p} N={n} {1e3 * b[(p, n)]:.1f} ms (~{1 / b[(p, n)]:,.0f} tok/s)" for p, n in columns))
     print("\n| env | row | calls/step | prompt tok/step (cached) | generated tok/step | steps | " +
-          " | ".join(f"{p} N={n}" for p, n in PATHS if (p, n) in b) + " |")
-    print("| --- " * (6 + sum((p, n) in b for p, n in PATHS)) + "|")
-
-    def order(f):  # env by env, then v0 -> converged -> two-model
-        env, row = Path(f).stem.split("_")[-2:]
-        return list(PROTOCOL_STEPS).index(env), list(ROWS).index(row)
-    totals = [0.0] * sum((p, n) in b for p, n in PATHS)
-    for f in sorted(args.tokens, key=order):
+          " | ".join(f"{p} N={n}" for p, n in columns) + " |")
+    print("| --- " * (6 + len(columns)) + "|")
+    cells = [(*Path(f).stem.split("_")[-2:], f) for f in args.tokens]  # tokens_cpu_<env>_<row>.json
+    totals = [0.0] * len(columns)
+    for env, row, f in sorted(cells, key=lambda c: (list(PROTOCOL_STEPS).index(c[0]), list(ROWS).index(c[1]))):
         d = json.loads(Path(f).read_text())
-        env, row = Path(f).stem.split("_")[-2:]
         step = d["per_step"]
-        # the share of the prompt a cache serves (the in-process backend's, counted on CPU); our transformers
-        # backend keeps no cache between calls: it prefills every prompt whole
+        # the cached share is the in-process backend's (counted on CPU); our transformers backend prefills all
         uncached = lambda p: step["prompt_tokens"] * (1 - (d["cache_share"] if not p.startswith("transformers") else 0))
         hours = [PROTOCOL_STEPS[env] * (a * uncached(p) + b[(p, n)] * step["completion_tokens"]) / 3600
-                 for p, n in PATHS if (p, n) in b]
+                 for p, n in columns]
         print(f"| {env} | {ROWS[row]} | {step['calls']:.1f} | {step['prompt_tokens']:,.0f} ({d['cache_share']:.0%}) | "
               f"{step['completion_tokens']:.0f} | {PROTOCOL_STEPS[env]:,} | "
               + " | ".join(f"{h:,.1f}" for h in hours) + " |")
